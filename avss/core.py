@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['seed_everything', 'get_device', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save',
-           'repo_root', 'default_runs_dir', 'RunExistsError', 'make_run_dir', 'ParamError', 'Param', 'is_int',
-           'is_float', 'is_bool', 'one_of', 'is_str', 'validate_params', 'notebook_params', 'git_revision']
+           'repo_root', 'default_runs_dir', 'RunExistsError', 'run_exists', 'make_run_dir', 'ParamError', 'Param',
+           'is_int', 'is_float', 'is_bool', 'one_of', 'is_str', 'validate_params', 'notebook_params',
+           'papermill_output_path', 'copy_executed_notebook', 'git_revision']
 
 # %% ../nbs/00_core.ipynb #c002
 import difflib
@@ -43,6 +44,7 @@ def atomic_write_bytes(path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
+        os.fchmod(fd, 0o666 & ~_umask())        # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, 'wb') as f:
             f.write(data)
             f.flush()
@@ -52,6 +54,10 @@ def atomic_write_bytes(path, data: bytes) -> Path:
         if os.path.exists(tmp): os.unlink(tmp)
         raise
     return path
+
+def _umask() -> int:
+    mask = os.umask(0); os.umask(mask)
+    return mask
 
 def atomic_write_text(path, text: str) -> Path:
     "Write `text` (UTF-8) to `path` atomically."
@@ -91,12 +97,17 @@ def default_runs_dir() -> Path:
 class RunExistsError(FileExistsError):
     "Asked to start a run whose directory already holds a run."
 
+def run_exists(path) -> bool:
+    "Whether `path` holds a run (its params.json or checkpoints), as opposed to being absent or holding only a notebook."
+    path = Path(path)
+    return (path/'params.json').exists() or (path/'checkpoints').is_dir()
+
 def make_run_dir(name: str, runs_dir=None, resume: bool = False) -> Path:
-    "Create `runs_dir/name` (runs_dir defaults to `default_runs_dir()`); an existing non-empty run needs `resume=True`."
+    "Create `runs_dir/name` (runs_dir defaults to `default_runs_dir()`); an existing run there needs `resume=True`."
     if not name or Path(name).is_absolute() or '..' in Path(name).parts:
         raise ValueError(f'run name {name!r}: must be a relative name such as "k16" or "sweep/k16"')
     path = Path(runs_dir if runs_dir is not None else default_runs_dir())/name
-    if path.exists() and any(path.iterdir()) and not resume:
+    if run_exists(path) and not resume:
         raise RunExistsError(f'run directory {path} already exists; pass resume=True to continue it, '
                              'or choose another run_name')
     path.mkdir(parents=True, exist_ok=True)
@@ -165,6 +176,38 @@ def notebook_params(namespace: dict, names_before: set) -> dict:
     return {k: v for k, v in namespace.items() if k not in names_before and not k.startswith('_')}
 
 # %% ../nbs/00_core.ipynb #c020
+def _papermill_cli_output(pid: int) -> Path | None:
+    "The output path of a papermill command line running as process `pid`, resolved against its cwd."
+    try:
+        argv = Path(f'/proc/{pid}/cmdline').read_bytes().decode().split('\0')[:-1]
+        cwd = Path(os.readlink(f'/proc/{pid}/cwd'))
+    except OSError:
+        return None
+    i = next((i for i, a in enumerate(argv) if Path(a).name == 'papermill'), None)
+    if i is None: return None
+    from papermill.cli import papermill as cli
+    try:
+        ctx = cli.make_context('papermill', argv[i+1:], resilient_parsing=True)
+    except Exception:
+        return None
+    out = ctx.params.get('output_path')
+    if not out or out == '-': return None
+    return (cwd/out).resolve()
+
+def papermill_output_path(injected: str | None = None) -> Path | None:
+    "Where the papermill run executing this kernel writes its output notebook (`injected`: PAPERMILL_OUTPUT_PATH if the notebook got it)."
+    if injected: return Path(injected).resolve()
+    return _papermill_cli_output(os.getppid())
+
+def copy_executed_notebook(run_dir, name: str | None = None, injected: str | None = None) -> Path | None:
+    "Copy the notebook papermill is writing into `run_dir` (atomically); returns the copy, or None without one."
+    src = papermill_output_path(injected)
+    if src is None or not src.exists(): return None
+    dst = Path(run_dir)/(name or src.name)
+    if dst.resolve() == src: return dst
+    return atomic_write_bytes(dst, src.read_bytes())
+
+# %% ../nbs/00_core.ipynb #c023
 def git_revision(path=None) -> str | None:
     "The git commit of the checkout holding avss (with `+dirty` if it has changes), or None outside git."
     root = Path(path) if path else repo_root()

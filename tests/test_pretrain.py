@@ -1,0 +1,154 @@
+"""Pretraining end to end: the papermill notebook, parameter validation, kill-and-resume, and torchrun on two CPU ranks."""
+import ast
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+NB = ROOT/'nbs'/'pretrain.ipynb'
+
+
+@pytest.fixture(scope='module')
+def catalog(tmp_path_factory):
+    "A small synthetic corpus (6 titles of 30 s, one show of 3 episodes), prepared at the tiny preset's size."
+    from avss.synth import make_corpus
+    from avss.segment import prepare
+    root = tmp_path_factory.mktemp('corpus')
+    cat = make_corpus(root/'corpus', titles=6, minutes=0.5, shows=1, episodes=3, progress=False)
+    prepared, report = prepare(cat, root/'prepared', short_side=76, progress=False)
+    assert len(report) == 0
+    return prepared.write(root/'prepared'/'catalog.csv')
+
+
+def _small(catalog, runs, name, **over):
+    p = dict(data=str(catalog), preset='tiny', k=4, batch_size=8, max_steps=6, lr=2e-3, warmup_steps=2, log_every=1,
+             checkpoint_every=2, runs_dir=str(runs), run_name=name, num_workers=1, heldout=0.3, eval_snippets=4)
+    p.update(over)
+    return p
+
+
+def _losses(run_dir):
+    return {r['step']: r['loss'] for r in map(json.loads, (Path(run_dir)/'metrics.jsonl').read_text().splitlines()) if 'loss' in r}
+
+
+def _papermill(args, cwd=ROOT):
+    return subprocess.run([str(BIN/'papermill'), '-k', 'python3', *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_parameters_cell_matches_the_spec():
+    from avss.train import PRETRAIN_SPEC
+    nb = json.loads(NB.read_text())
+    cell = next(c for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', []))
+    tree = ast.parse(''.join(cell['source']))
+    values = {t.targets[0].id: ast.literal_eval(t.value) for t in tree.body}
+    assert values == {k: p.default for k, p in PRETRAIN_SPEC.items()}
+
+
+def test_papermill_run_learns_and_leaves_a_complete_run(catalog, tmp_path):
+    args = sum((['-p', k, str(v)] for k, v in _small(catalog, tmp_path/'runs', 'pm', max_steps=40, batch_size=16,
+                                                          log_every=2, checkpoint_every=20).items()), [])
+    r = _papermill([str(NB), str(tmp_path/'pm.ipynb'), *args])
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path/'runs'/'pm'
+    for name in ['params.json', 'metrics.jsonl', 'checkpoints/last.pt', 'encoders.pt', 'summary.json', 'loss.png',
+                 'pretrain.ipynb']:
+        assert (run/name).exists(), name
+    assert list(run.glob('events.out.tfevents.*'))
+    losses = list(_losses(run).values())
+    assert len(losses) == 20
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < first - 0.1, f'loss did not fall: first steps {first:.3f}, last steps {last:.3f}'
+    summary = json.loads((run/'summary.json').read_text())
+    assert summary['steps'] == 40 and 'kl_neg_other' in summary['heldout']
+    assert json.loads((run/'params.json').read_text())['k'] == 4
+
+
+def test_papermill_without_output_notebook_from_nbs(catalog, tmp_path):
+    args = sum((['-p', k, str(v)] for k, v in _small(catalog, tmp_path/'runs', 'noout', max_steps=2).items()), [])
+    r = _papermill(['pretrain.ipynb', *args], cwd=ROOT/'nbs')
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path/'runs'/'noout'
+    assert (run/'summary.json').exists() and (run/'checkpoints'/'last.pt').exists() and (run/'loss.png').exists()
+    assert json.loads(r.stdout)['cells']          # papermill wrote the executed notebook to stdout
+
+
+@pytest.mark.parametrize('args, message', [
+    (['-p', 'kk', '4'], "unknown parameter 'kk' (did you mean 'k'?)"),
+    (['-p', 'k', '0'], "parameter 'k' must be >= 1"),
+    (['-p', 'k', '3', '-p', 'preset', 'tiny'], "'batch_size' (32) must be divisible by k (3)"),
+    (['-p', 'precision', 'fp16'], "'precision' must be one of"),
+])
+def test_invalid_parameters_stop_the_notebook_before_any_work(tmp_path, args, message):
+    r = _papermill([str(NB), str(tmp_path/'bad.ipynb'), '-p', 'runs_dir', str(tmp_path/'runs'), *args])
+    assert r.returncode != 0
+    assert message in r.stderr
+    assert not (tmp_path/'runs').exists()
+
+
+def _pretrain_process(params):
+    code = f'import avss.train as t; t.pretrain({params!r}, progress=False)'
+    return subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _final_weights(run_dir):
+    return torch.load(Path(run_dir)/'checkpoints'/'last.pt', map_location='cpu', weights_only=False)['model']
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(catalog, tmp_path):
+    runs = tmp_path/'runs'
+    common = dict(max_steps=8, deterministic=True, num_workers=1)
+    whole = _pretrain_process(_small(catalog, runs, 'whole', **common))
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()[-3000:]
+    killed = _pretrain_process(_small(catalog, runs, 'killed', **common))
+    last = runs/'killed'/'checkpoints'/'last.pt'
+    deadline = time.time() + 600
+    while time.time() < deadline and killed.poll() is None:
+        if last.exists() and torch.load(last, map_location='cpu', weights_only=False)['step'] >= 4: break
+        time.sleep(0.2)
+    assert killed.poll() is None, 'the run ended before it could be killed'
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (runs/'killed'/'summary.json').exists()
+    resumed = _pretrain_process(_small(catalog, runs, 'killed', **common))       # the same run name: continues
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
+    a, b = _final_weights(runs/'whole'), _final_weights(runs/'killed')
+    assert a.keys() == b.keys()
+    for k in a: assert torch.equal(a[k], b[k]), k
+    assert _losses(runs/'killed') == _losses(runs/'whole')
+    assert sorted(_losses(runs/'killed')) == list(range(1, 9))       # one line per step, none doubled by the resume
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_ranks_follow_one_process(catalog, tmp_path):
+    runs = tmp_path/'runs'
+    # Adam turns float rounding (the two ranks sum gradients in another order) into updates of the size of
+    # the learning rate, which then grow; a small learning rate keeps the comparison sharp while the loss moves.
+    params = dict(max_steps=4, sync_bn=True, deterministic=True, num_workers=0, lr=1e-4)
+    one = _pretrain_process(_small(catalog, runs, 'one', **params))
+    assert one.wait(timeout=600) == 0, one.stderr.read()[-3000:]
+    args = sum((['-p', k, json.dumps(v)] for k, v in _small(catalog, runs, 'two', **params).items()), [])
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    r = subprocess.run([str(BIN/'torchrun'), '--nproc_per_node', '2', '--master_port', str(_free_port()),
+                        '-m', 'avss.train', *args], capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    l1, l2 = _losses(runs/'one'), _losses(runs/'two')
+    assert sorted(l1) == sorted(l2) == [1, 2, 3, 4]
+    for s in l1: assert abs(l1[s] - l2[s]) <= 1e-4 * abs(l1[s]), (s, l1[s], l2[s])
+    assert abs(l1[4] - l1[1]) > 1e-3          # the weights really changed along the way
+    a, b = _final_weights(runs/'one'), _final_weights(runs/'two')
+    for k in a:
+        if a[k].is_floating_point(): torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-5)

@@ -1,0 +1,91 @@
+"""The repository's own contracts: notebooks are the source of avss/, and the pins agree with the ranges."""
+import configparser
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _settings():
+    cfg = configparser.ConfigParser(delimiters=['='])
+    cfg.read(ROOT/'settings.ini')
+    return cfg['DEFAULT']
+
+
+def _pins():
+    pins = {}
+    for line in (ROOT/'requirements.txt').read_text().splitlines():
+        line = line.split('#')[0].strip()
+        if line:
+            name, version = line.split('==')
+            pins[name.lower()] = version
+    return pins
+
+
+def test_settings_keep_papermill_tags_and_declare_test_flags():
+    cfg = _settings()
+    assert cfg['allowed_cell_metadata_keys'].split() == ['tags']
+    assert {'slow', 'gpu'} <= set(cfg['tst_flags'].split())
+
+
+def test_every_declared_requirement_is_pinned_within_its_range():
+    cfg, pins = _settings(), _pins()
+    for spec in cfg['requirements'].split() + cfg['dev_requirements'].split():
+        req = Requirement(spec)
+        assert req.name.lower() in pins, f'{req.name} is declared in settings.ini but not pinned in requirements.txt'
+        assert req.specifier.contains(pins[req.name.lower()]), \
+            f'requirements.txt pins {req.name}=={pins[req.name.lower()]}, outside settings.ini range {req.specifier}'
+
+
+def test_environment_yml_installs_the_pins():
+    text = (ROOT/'environment.yml').read_text()
+    assert re.search(r'python=3\.11', text)
+    assert '-r requirements.txt' in text
+
+
+def _copy_repo(dst: Path):
+    shutil.copy(ROOT/'settings.ini', dst)
+    (dst/'tests').mkdir()
+    shutil.copy(ROOT/'tests'/'check_sync.py', dst/'tests')
+    ignore = shutil.ignore_patterns('__pycache__', '.ipynb_checkpoints')
+    shutil.copytree(ROOT/'nbs', dst/'nbs', ignore=ignore)
+    shutil.copytree(ROOT/'avss', dst/'avss', ignore=ignore)
+
+
+def _check(dst: Path):
+    return subprocess.run([sys.executable, str(dst/'tests'/'check_sync.py')], capture_output=True, text=True)
+
+
+def test_sync_check_passes_on_the_repository():
+    r = subprocess.run([sys.executable, str(ROOT/'tests'/'check_sync.py')], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_editing_a_notebook_without_exporting_fails_with_advice(tmp_path):
+    _copy_repo(tmp_path)
+    assert _check(tmp_path).returncode == 0
+    nb_path = tmp_path/'nbs'/'00_core.ipynb'
+    nb = json.loads(nb_path.read_text())
+    cell = next(c for c in nb['cells'] if c['cell_type'] == 'code' and ''.join(c['source']).startswith('#| export'))
+    cell['source'] = cell['source'] + ['\n', 'def added_in_notebook_only(): return 1\n']
+    nb_path.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + '\n')
+    r = _check(tmp_path)
+    assert r.returncode == 1
+    assert 'nbdev_export' in r.stderr and 'avss/core.py' in r.stderr
+    assert 'added_in_notebook_only' not in (tmp_path/'avss'/'core.py').read_text()  # the check changed nothing
+
+
+def test_unclean_notebook_fails_with_advice(tmp_path):
+    _copy_repo(tmp_path)
+    nb_path = tmp_path/'nbs'/'00_core.ipynb'
+    nb = json.loads(nb_path.read_text())
+    next(c for c in nb['cells'] if c['cell_type'] == 'code')['execution_count'] = 7
+    nb_path.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + '\n')
+    r = _check(tmp_path)
+    assert r.returncode == 1 and 'nbdev_clean' in r.stderr and 'nbs/00_core.ipynb' in r.stderr
