@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['EVENT_TYPES', 'GENRES', 'GENRE_EVENTS', 'SCENE_S', 'EVENT_S', 'DEFAULT_TITLES', 'DEFAULT_SHOWS', 'DEFAULT_EPISODES',
            'DEFAULT_MINUTES', 'DEFAULT_WIDTH', 'DEFAULT_HEIGHT', 'DEFAULT_FPS', 'DEFAULT_SAMPLE_RATE', 'CORPUS_PARAMS',
-           'Style', 'draw_style', 'Event', 'Scene', 'Plan', 'draw_event', 'plan_title', 'title_style', 'title_plan',
-           'corpus_table', 'run_jobs', 'claim_folder', 'make_corpus']
+           'Style', 'draw_style', 'Event', 'Scene', 'Plan', 'event_pitch', 'draw_event', 'plan_title', 'title_style',
+           'title_plan', 'corpus_table', 'run_jobs', 'claim_folder', 'make_corpus']
 
 # %% ../nbs/12_synth.ipynb #c003
 import colorsys
@@ -106,18 +106,22 @@ class Plan:
     events: list
     themes: list
 
-def _bright(rng): return _rgb(rng.random(), rng.uniform(0.5, 1), rng.uniform(0.9, 1))
+def event_pitch(hue: float) -> float:
+    "The pitch (Hz) of an object of colour `hue`: 300 Hz for hue 0, up 3 octaves (2.4 kHz) as the hue goes round (above every hum)."
+    return 300.0 * 2 ** (3.0 * (hue % 1.0))
 
 def draw_event(kind, t0, t1, rng, floor=0.85) -> Event:
-    "An event of `kind` from t0 to t1 with parameters drawn from `rng`."
-    p = dict(colour=_bright(rng), gain=rng.uniform(0.7, 1.0))
+    "An event of `kind` from t0 to t1 with parameters drawn from `rng`; its sound's pitch follows its colour."
+    hue = rng.random()
+    p = dict(hue=hue, colour=_rgb(hue, rng.uniform(0.5, 1), rng.uniform(0.9, 1)), hz=event_pitch(hue),
+             gain=rng.uniform(0.7, 1.0))
     if kind == 'bounce':
         r = rng.uniform(0.09, 0.14)
         p.update(r=r, x=rng.uniform(0.3, 0.7), vx=rng.uniform(-0.08, 0.08), floor=floor, period=rng.uniform(0.6, 1.6),
-                 height=rng.uniform(0.3, min(0.5, floor - 2.2 * r)), hz=rng.uniform(200, 1200))
+                 height=rng.uniform(0.3, min(0.5, floor - 2.2 * r)))
     elif kind == 'pulse':
         p.update(x=rng.uniform(0.35, 0.65), y=rng.uniform(0.3, 0.65), size=rng.uniform(0.2, 0.3), rate=rng.uniform(0.25, 1.0),
-                 hz=rng.uniform(250, 900), shape=str(rng.choice(['square', 'diamond', 'disc'])))
+                 shape=str(rng.choice(['square', 'diamond', 'disc'])))
     elif kind == 'slide':
         p.update(y=rng.uniform(0.2, 0.7), size=rng.uniform(0.18, 0.28), dir=float(rng.choice([-1, 1])),
                  shape=str(rng.choice(['square', 'triangle', 'disc'])))
@@ -130,7 +134,7 @@ def draw_event(kind, t0, t1, rng, floor=0.85) -> Event:
         on, t = [], t0 + rng.uniform(0, 0.3)
         while t < t1 - 0.4:
             d = rng.uniform(0.4, 0.9); on.append((t, min(t + d, t1))); t += d + rng.uniform(0.4, 0.9)
-        p.update(x=rng.uniform(0.35, 0.65), y=rng.uniform(0.25, 0.7), size=rng.uniform(0.18, 0.26), hz=rng.uniform(500, 2400),
+        p.update(x=rng.uniform(0.35, 0.65), y=rng.uniform(0.25, 0.7), size=rng.uniform(0.18, 0.26),
                  shape=str(rng.choice(['disc', 'diamond', 'star'])), on=np.array(on).reshape(-1, 2))
     else:
         raise ValueError(f'event kind {kind!r}: must be one of {", ".join(EVENT_TYPES)}')
@@ -163,7 +167,7 @@ DEFAULT_TITLES = 16           # movies + episodes
 DEFAULT_SHOWS = 3
 DEFAULT_EPISODES = 4          # per show: 12 episodes and 4 movies, 7 groups
 DEFAULT_MINUTES = 2.0         # per title, on average
-DEFAULT_WIDTH, DEFAULT_HEIGHT = 256, 144
+DEFAULT_WIDTH, DEFAULT_HEIGHT = 192, 144   # 4:3, so the training crop (a square) keeps the middle of the frame in view
 DEFAULT_FPS = 25              # a multiple of the 5 fps the model samples
 DEFAULT_SAMPLE_RATE = 48000
 

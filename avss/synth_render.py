@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['SHAPES', 'CODECS', 'bounce_xy', 'bounce_contacts', 'pulse_swing', 'slide_x', 'flash_level', 'blink_on', 'shape_mask',
-           'paste', 'backdrop', 'draw_event_frame', 'character_xy', 'render_frames', 'impact', 'event_sound',
-           'theme_tune', 'fir_filter', 'master', 'render_audio', 'atomic_path', 'write_av', 'make_title']
+           'paste', 'backdrop', 'draw_event_frame', 'character_xy', 'render_frames', 'impact', 'band_noise',
+           'event_sound', 'theme_tune', 'fir_filter', 'master', 'render_audio', 'atomic_path', 'write_av', 'make_title']
 
 # %% ../nbs/12a_synth_render.ipynb #c003
 import os
@@ -97,7 +97,7 @@ def draw_event_frame(img, e, t, style):
         if a > 0:
             x0, y0, w, h = p['box']
             sub = img[int(y0 * H):int((y0 + h) * H), int(x0 * W):int((x0 + w) * W)]
-            sub[:] = sub + (255 - sub.astype(np.float32)) * a
+            sub[:] = sub + (col.astype(np.float32) - sub) * a      # the lamp lights in its own colour
     elif e.kind == 'blink' and blink_on(p, t):
         paste(img, shape_mask(p['shape'], round(p['size'] * H)), col, p['x'] * W, p['y'] * H)
 
@@ -146,6 +146,13 @@ def impact(hz, sr, rng) -> np.ndarray:
     t = np.arange(int(0.15 * sr)) / sr
     return 0.5 * np.exp(-t / 0.012) * rng.standard_normal(len(t)) + np.exp(-t / 0.04) * np.sin(2 * np.pi * hz * t)
 
+def band_noise(n: int, hz: float, sr: int, rng, octaves: float = 1 / 3) -> np.ndarray:
+    "White noise of `n` samples filtered to a Gaussian band (in log frequency) around `hz`, unit RMS."
+    X = np.fft.rfft(rng.standard_normal(n))
+    f = np.maximum(np.fft.rfftfreq(n, 1 / sr), 1.0)
+    y = np.fft.irfft(X * np.exp(-0.5 * (np.log2(f / hz) / octaves) ** 2), n)
+    return y / max(float(np.sqrt(np.mean(y ** 2))), 1e-9)
+
 def event_sound(e, sr, rng):
     "Event `e`'s sound as (first sample, samples), from the same motion as its picture."
     p = e.p
@@ -159,11 +166,11 @@ def event_sound(e, sr, rng):
     elif e.kind == 'pulse':      # pitch follows size: +-0.6 octave as the shape swells and shrinks
         hz = p['hz'] * 2 ** (0.6 * pulse_swing(p, dt))
         y = _fade(0.25 * _tone(2 * np.pi * np.cumsum(hz) / sr, [1, 0.5, 0.25]), sr)
-    elif e.kind == 'slide':      # pitch follows position: 150 Hz at the left edge, 4.5 octaves up at the right
-        hz = 150 * 2 ** (4.5 * slide_x(p, dt, e.t1 - e.t0))
+    elif e.kind == 'slide':      # pitch follows position: 1.5 octaves around the object's own pitch, rising to the right
+        hz = p['hz'] * 2 ** (1.5 * (slide_x(p, dt, e.t1 - e.t0) - 0.5))
         y = _fade(0.22 * _tone(2 * np.pi * np.cumsum(hz) / sr, [1, 0, 1 / 3, 0, 1 / 5]), sr)
-    elif e.kind == 'flash':
-        y = 0.45 * flash_level(p, dt + e.t0) * rng.standard_normal(len(dt))
+    elif e.kind == 'flash':      # a burst of noise in a band around the lamp's pitch (a third of an octave)
+        y = 0.6 * flash_level(p, dt + e.t0) * band_noise(len(dt), p['hz'], sr, rng)
     elif e.kind == 'blink':      # the beep gated by the on-intervals, with 5 ms edges
         w = max(int(0.005 * sr), 1)
         gate = np.convolve(blink_on(p, dt + e.t0).astype(float), np.ones(w) / w, 'same')

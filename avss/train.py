@@ -54,7 +54,7 @@ PRETRAIN_SPEC = {
     'precision': Param('auto', one_of('auto', 'fp32', 'bf16'), 'bf16 autocast or fp32; auto = bf16 on a GPU, fp32 on the CPU'),
     'channels_last': Param(True, is_bool(), 'channels-last memory format (on a GPU)'),
     'compile': Param(False, is_bool(), 'torch.compile the model'),
-    'sync_bn': Param(False, is_bool(), 'SyncBatchNorm across ranks (batch statistics over the global batch)'),
+    'sync_bn': Param(True, is_bool(), 'batch statistics over the global batch on several ranks (see below)'),
     'num_workers': Param(None, is_int(0, none_ok=True), 'data-loader processes per rank (None: min(8, cores per rank))'),
     'seed': Param(0, is_int(0), 'seeds model initialisation, sampling and augmentation'),
     'heldout': Param(0.1, is_float(0, 0.9), 'fraction of groups (shows, movies) held out from training for measurements'),
@@ -428,16 +428,16 @@ def pretrain(params: dict, progress: bool = True) -> Path:
             bar.set_postfix(loss=f"{rec['loss']:.3f}", clips_s=f"{rec['clips_per_s']:.1f}")
             window = dict(t0=time.perf_counter(), wait=0.0, steps=0, loss=0.0)
         bar.update(1)
+        if p['eval_every'] and step % p['eval_every'] == 0 and step < steps:   # before the checkpoint: a
+            m = measure_heldout(model, held_cat, p, preset, d)                  # checkpoint implies its measures
+            if m: log.log(step, split='heldout', **m)
+            model.train()
         if step % p['checkpoint_every'] == 0 or step == steps:
             if d.main:
                 keep = bool(p['keep_every']) and step % p['keep_every'] == 0
                 save_checkpoint(run_dir, step, model, optimizer, scheduler,
                                 sampler.state_dict(batches_done=step % steps_per_epoch), p, keep)
             if d.distributed: dist.barrier()
-        if p['eval_every'] and step % p['eval_every'] == 0 and step < steps:
-            m = measure_heldout(model, held_cat, p, preset, d)
-            if m: log.log(step, split='heldout', **m)
-            model.train()
     bar.close()
 
     # ============ finishing ============
@@ -454,7 +454,8 @@ def finish_run(run_dir: Path, model, held, p: dict, preset, d: Dist, log: Metric
     step = max((r['step'] for r in rows), default=0)
     save_encoders(_unwrap(model), run_dir/'encoders.pt', params=p, step=step)
     measures = measure_heldout(model, held, p, preset, d)
-    if measures: log.log(step, split='heldout', **measures)
+    logged = any(r.get('split') == 'heldout' and r['step'] == step for r in rows)   # a resumed, finished run
+    if measures and not logged: log.log(step, split='heldout', **measures)
     losses = [r['loss'] for r in rows if 'loss' in r]
     speeds = [r['clips_per_s'] for r in rows if 'clips_per_s' in r]
     tail = losses[-max(1, len(losses) // 10):]

@@ -17,16 +17,9 @@ BIN = Path(sys.executable).parent
 NB = ROOT/'nbs'/'pretrain.ipynb'
 
 
-@pytest.fixture(scope='module')
-def catalog(tmp_path_factory):
-    "A small synthetic corpus (6 titles of 30 s, one show of 3 episodes), prepared at the tiny preset's size."
-    from avss.synth import make_corpus
-    from avss.segment import prepare
-    root = tmp_path_factory.mktemp('corpus')
-    cat = make_corpus(root/'corpus', titles=6, minutes=0.5, shows=1, episodes=3, progress=False)
-    prepared, report = prepare(cat, root/'prepared', short_side=76, progress=False)
-    assert len(report) == 0
-    return prepared.write(root/'prepared'/'catalog.csv')
+@pytest.fixture
+def catalog(small_catalog):
+    return small_catalog
 
 
 def _small(catalog, runs, name, **over):

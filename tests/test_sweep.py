@@ -1,0 +1,55 @@
+"""The sweep runner end to end (two tiny points, their measurements, the report) and its resume."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from avss.report import collect, write_report
+from avss.sweep import expand, load_grid, point_status, run_sweep
+
+
+@pytest.fixture
+def grid(small_catalog, tmp_path):
+    from avss.synth_sets import make_esc_like
+    esc = make_esc_like(tmp_path/'esc', classes=('bounce', 'pulse'), clips_per_fold=2, progress=False)
+    return load_grid(dict(
+        name='two',
+        base=dict(data=str(small_catalog), preset='tiny', batch_size=8, max_steps=3, lr=1e-3, warmup_steps=1,
+                  num_workers=0, heldout=0.3, eval_snippets=4, log_every=1),
+        points=[dict(k=1), dict(k=4, w='all')],
+        discrepancy=True,
+        downstream=[dict(dataset='esc50', mode='linear', root=str(esc), num_workers=0, probe_steps=20)]))
+
+
+def _mtimes(folder: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob('*') if p.is_file()}
+
+
+def test_two_points_run_end_to_end_and_resume(grid, tmp_path):
+    runs = tmp_path/'runs'
+    assert run_sweep(grid, runs, progress=False) == {}
+    sweep = runs/'two'
+    names = [p['name'] for p in expand(grid)]
+    assert names == ['k1', 'k4_wall']
+    for p in expand(grid):
+        assert all(point_status(p, grid, sweep).values()), p['name']
+
+    report = write_report(sweep, tmp_path/'report')
+    table = report['table']
+    assert sorted(table['run']) == names and table['esc50-linear'].notna().all()
+    assert (tmp_path/'report'/'table1.md').read_text().count('\n') == 2 + 2     # header, rule, two rows
+    assert 'fig1a_k' in report['figures'] and (tmp_path/'report'/'fig1a_k.png').exists()
+
+    # interrupt: the second point lost its measurements and the end of its pretraining
+    k4 = sweep/'k4_wall'
+    (k4/'discrepancy.json').unlink()
+    (k4/'downstream'/'esc50-linear'/'results.json').unlink()
+    (k4/'summary.json').unlink()
+    trained = [l for l in (k4/'metrics.jsonl').read_text().splitlines() if '"loss"' in l]
+    before = _mtimes(sweep/'k1')
+    assert run_sweep(grid, runs, progress=False) == {}
+    assert _mtimes(sweep/'k1') == before                           # the finished point was not touched
+    assert all(point_status(expand(grid)[1], grid, sweep).values())
+    assert [l for l in (k4/'metrics.jsonl').read_text().splitlines() if '"loss"' in l] == trained   # no retraining
+    assert len(collect(sweep)) == 2
