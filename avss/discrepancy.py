@@ -167,7 +167,9 @@ def recall_at_k(sim, k: int, candidates_mask=None) -> float:
     if k < 1: raise ValueError(f'recall_at_k: k must be >= 1, got {k}')
     others = _allowed(s, candidates_mask) & ~torch.eye(len(s), dtype=torch.bool)
     match = s.diagonal()[:, None]
-    higher, tied = ((s > match) & others).sum(1).double(), ((s == match) & others).sum(1).double()
+    tol = 1e-9 * float(s.abs().max().clamp(min=1))     # a matrix product can round equal scores differently
+    higher = ((s > match + tol) & others).sum(1).double()
+    tied = (((s - match).abs() <= tol) & others).sum(1).double()
     return float(((k - higher) / (tied + 1)).clamp(0, 1).mean())
 
 def chance_recall(k: int, candidates_mask) -> float:

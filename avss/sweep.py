@@ -185,7 +185,7 @@ def sweep_commands(grid, runs_dir=None, gpus: int = 8, nodes: int = 1) -> list[s
                 args = ' '.join(f'-p {k} {shlex.quote(_yaml_value(v))}' for k, v in s['params'].items())
                 lines.append(f'torchrun --nnodes {nodes} --nproc_per_node {gpus} -m avss.train {args}')
             else:
-                lines.append(shlex.join(['papermill'] + papermill_command(s)[4:]))
+                lines.append(shlex.join(['papermill'] + papermill_command(s)[3:]))
     return lines
 
 # %% ../nbs/14_sweep.ipynb #c015

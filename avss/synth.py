@@ -55,11 +55,11 @@ class Style:
     tilt_db: float            # equaliser tilt, dB per octave around 1 kHz
     cutoff_hz: float          # mastering low-pass
 
-    def graded(self, rgb) -> np.ndarray:
-        "Colours in [0, 1] (shape [..., 3]) through the title's grade, as floats in [0, 255]."
-        rgb = np.asarray(rgb, float)
+    def graded(self, rgb, strength: float = 1.0) -> np.ndarray:
+        "Colours in [0, 1] (shape [..., 3]) through the title's grade (`strength` of it), as floats in [0, 255]."
+        rgb, g = np.asarray(rgb, float), self.grade * strength
         lum = rgb @ np.array([0.3, 0.59, 0.11])
-        return np.clip((1 - self.grade) * rgb + self.grade * 1.5 * lum[..., None] * self.tint, 0, 1) * 255
+        return np.clip((1 - g) * rgb + g * 1.5 * lum[..., None] * self.tint, 0, 1) * 255
 
 def _rgb(h, s, v): return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v))
 
@@ -81,7 +81,7 @@ def draw_style(rng) -> Style:
 
 # %% ../nbs/12_synth.ipynb #c010
 SCENE_S = (4.0, 60.0)       # scene lengths, log-uniform
-EVENT_S = (2.5, 6.5)        # event lengths
+EVENT_S = (1.5, 4.0)        # event lengths: a snippet of 3.2 s sees one or two
 
 @dataclass
 class Event:
@@ -116,14 +116,14 @@ def draw_event(kind, t0, t1, rng, floor=0.85) -> Event:
     p = dict(hue=hue, colour=_rgb(hue, rng.uniform(0.5, 1), rng.uniform(0.9, 1)), hz=event_pitch(hue),
              gain=rng.uniform(0.7, 1.0))
     if kind == 'bounce':
-        r = rng.uniform(0.09, 0.14)
+        r = rng.uniform(0.11, 0.16)
         p.update(r=r, x=rng.uniform(0.3, 0.7), vx=rng.uniform(-0.08, 0.08), floor=floor, period=rng.uniform(0.6, 1.6),
                  height=rng.uniform(0.3, min(0.5, floor - 2.2 * r)))
     elif kind == 'pulse':
-        p.update(x=rng.uniform(0.35, 0.65), y=rng.uniform(0.3, 0.65), size=rng.uniform(0.2, 0.3), rate=rng.uniform(0.25, 1.0),
+        p.update(x=rng.uniform(0.35, 0.65), y=rng.uniform(0.3, 0.65), size=rng.uniform(0.26, 0.36), rate=rng.uniform(0.25, 1.0),
                  shape=str(rng.choice(['square', 'diamond', 'disc'])))
     elif kind == 'slide':
-        p.update(y=rng.uniform(0.2, 0.7), size=rng.uniform(0.18, 0.28), dir=float(rng.choice([-1, 1])),
+        p.update(y=rng.uniform(0.25, 0.65), size=rng.uniform(0.24, 0.34), dir=float(rng.choice([-1, 1])),
                  shape=str(rng.choice(['square', 'triangle', 'disc'])))
     elif kind == 'flash':
         w, h = rng.uniform(0.35, 0.6, 2)
@@ -134,7 +134,7 @@ def draw_event(kind, t0, t1, rng, floor=0.85) -> Event:
         on, t = [], t0 + rng.uniform(0, 0.3)
         while t < t1 - 0.4:
             d = rng.uniform(0.4, 0.9); on.append((t, min(t + d, t1))); t += d + rng.uniform(0.4, 0.9)
-        p.update(x=rng.uniform(0.35, 0.65), y=rng.uniform(0.25, 0.7), size=rng.uniform(0.18, 0.26),
+        p.update(x=rng.uniform(0.35, 0.65), y=rng.uniform(0.3, 0.65), size=rng.uniform(0.24, 0.34),
                  shape=str(rng.choice(['disc', 'diamond', 'star'])), on=np.array(on).reshape(-1, 2))
     else:
         raise ValueError(f'event kind {kind!r}: must be one of {", ".join(EVENT_TYPES)}')
@@ -151,7 +151,7 @@ def plan_title(duration, rng, genre='drama') -> Plan:
     scenes, events = [], []
     for a, b in zip(cuts, cuts[1:]):
         scenes.append(Scene(a, b, int(rng.integers(2**31)), rng.uniform(0.8, 0.88)))
-        for gap, prob in ((0.6, 1.0), (2.0, 0.35)):     # a main track and an occasional second one
+        for gap, prob in ((0.6, 1.0), (2.0, 0.5)):      # a main track and, in half the scenes, a second one
             if rng.random() > prob: continue
             t = a + rng.uniform(0, gap)
             while t < b - 1.0:
