@@ -1,12 +1,16 @@
 """The sweep runner end to end (two tiny points, their measurements, the report) and its resume."""
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from avss.report import collect, write_report
 from avss.sweep import expand, load_grid, point_status, run_sweep
+
+REPORT_NB = Path(__file__).resolve().parents[1]/'nbs'/'report.ipynb'
 
 
 @pytest.fixture
@@ -40,6 +44,14 @@ def test_two_points_run_end_to_end_and_resume(grid, tmp_path):
     assert sorted(table['run']) == names and table['esc50-linear'].notna().all()
     assert (tmp_path/'report'/'table1.md').read_text().count('\n') == 2 + 2     # header, rule, two rows
     assert 'fig1a_k' in report['figures'] and (tmp_path/'report'/'fig1a_k.png').exists()
+
+    # the run notebook writes the same tables where it is told, and rejects a misspelt parameter by name
+    pm = [sys.executable, '-m', 'papermill', '-k', 'python3', str(REPORT_NB), str(tmp_path/'report.ipynb')]
+    r = subprocess.run(pm + ['-p', 'sweep', str(sweep), '-p', 'out_dir', str(tmp_path/'nb')], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path/'nb'/'table1.md').read_text() == (tmp_path/'report'/'table1.md').read_text()
+    r = subprocess.run(pm + ['-p', 'sweep', str(sweep), '-p', 'outdir', 'x'], capture_output=True, text=True)
+    assert r.returncode != 0 and "unknown parameter 'outdir'" in r.stderr
 
     # interrupt: the second point lost its measurements and the end of its pretraining
     k4 = sweep/'k4_wall'
