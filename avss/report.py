@@ -111,7 +111,7 @@ def write_report(sweep_dir, out_dir=None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     table = collect(sweep_dir)
     if table.empty: raise FileNotFoundError(f'no finished run (summary.json) in {sweep_dir}')
-    atomic_write_text(out_dir/'runs.csv', table.drop(columns=['run_dir'], errors='ignore').to_csv(index=False))
+    atomic_write_text(out_dir/'runs.csv', table.drop(columns=['run_dir', 'runs_dir'], errors='ignore').to_csv(index=False))
     tables = paper_tables(table)
     parts = [f'# Report: {sweep_dir.name}\n', f'{len(table)} runs; per-run rows in runs.csv.\n']
     for name, t in tables.items():
