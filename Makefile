@@ -9,7 +9,6 @@ QUICKSTART_ARGS ?=
 
 ## Install everything into .venv and pretrain on the bundled synthetic corpus (CPU, minutes).
 quickstart: env
-	mkdir -p runs
 	$(BIN)/papermill -k python3 nbs/pretrain.ipynb runs/quickstart.ipynb -p preset tiny -p run_name quickstart $(QUICKSTART_ARGS)
 	@echo "run directory: runs/quickstart (loss plot: runs/quickstart/loss.png)"
 

@@ -30,8 +30,8 @@ def downstream_scores(run_dir) -> dict:
 def _mix_names(sweep_dir: Path) -> dict:
     g = Path(sweep_dir)/'grid.json'
     if not g.exists(): return {}
-    from avss.sweep import expand
-    return {p['name']: json.dumps(p['genre_mix'].get('name', p['genre_mix'].get('mix')))
+    from avss.sweep import expand, mix_label
+    return {p['name']: json.dumps(mix_label(p['genre_mix']))
             for p in expand(json.loads(g.read_text())) if p['genre_mix']}
 
 def collect(sweep_dir) -> pd.DataFrame:

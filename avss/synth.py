@@ -113,7 +113,7 @@ def event_pitch(hue: float) -> float:
 def draw_event(kind, t0, t1, rng, floor=0.85) -> Event:
     "An event of `kind` from t0 to t1 with parameters drawn from `rng`; its sound's pitch follows its colour."
     hue = rng.random()
-    p = dict(hue=hue, colour=_rgb(hue, rng.uniform(0.5, 1), rng.uniform(0.9, 1)), hz=event_pitch(hue),
+    p = dict(colour=_rgb(hue, rng.uniform(0.5, 1), rng.uniform(0.9, 1)), hz=event_pitch(hue),
              gain=rng.uniform(0.7, 1.0))
     if kind == 'bounce':
         r = rng.uniform(0.11, 0.16)

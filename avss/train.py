@@ -453,9 +453,11 @@ def finish_run(run_dir: Path, model, held, p: dict, preset, d: Dist, log: Metric
     rows = read_metrics(run_dir)
     step = max((r['step'] for r in rows), default=0)
     save_encoders(_unwrap(model), run_dir/'encoders.pt', params=p, step=step)
-    measures = measure_heldout(model, held, p, preset, d)
-    logged = any(r.get('split') == 'heldout' and r['step'] == step for r in rows)   # a resumed, finished run
-    if measures and not logged: log.log(step, split='heldout', **measures)
+    logged = next((r for r in rows if r.get('split') == 'heldout' and r['step'] == step), None)  # a resumed, finished run
+    if logged: measures = {k: v for k, v in logged.items() if k not in ('step', 'split')}
+    else:
+        measures = measure_heldout(model, held, p, preset, d)
+        if measures: log.log(step, split='heldout', **measures)
     losses = [r['loss'] for r in rows if 'loss' in r]
     speeds = [r['clips_per_s'] for r in rows if 'clips_per_s' in r]
     tail = losses[-max(1, len(losses) // 10):]

@@ -57,6 +57,7 @@ def test_two_points_run_end_to_end_and_resume(grid, tmp_path):
     k4 = sweep/'k4_wall'
     (k4/'discrepancy.json').unlink()
     (k4/'downstream'/'esc50-linear'/'results.json').unlink()
+    heldout = json.loads((k4/'summary.json').read_text())['heldout']
     (k4/'summary.json').unlink()
     trained = [l for l in (k4/'metrics.jsonl').read_text().splitlines() if '"loss"' in l]
     before = _mtimes(sweep/'k1')
@@ -65,3 +66,7 @@ def test_two_points_run_end_to_end_and_resume(grid, tmp_path):
     assert all(point_status(expand(grid)[1], grid, sweep).values())
     assert [l for l in (k4/'metrics.jsonl').read_text().splitlines() if '"loss"' in l] == trained   # no retraining
     assert len(collect(sweep)) == 2
+    # the finished run is measured once: its summary takes the logged final measures, and the log has them once
+    assert json.loads((k4/'summary.json').read_text())['heldout'] == heldout
+    final = [l for l in (k4/'metrics.jsonl').read_text().splitlines() if '"split": "heldout"' in l and '"step": 3,' in l]
+    assert len(final) == 1
