@@ -87,9 +87,8 @@ def load_run_model(run_dir, device=None):
 
 def heldout_catalog(params: dict, data: str | None = None):
     "The run's held-out catalog (data=None), or every usable title of `data` (a catalog CSV or 'synthetic')."
-    from avss.models import PRESETS
-    from avss.train import load_catalogs
-    preset = PRESETS[params['preset']]
+    from avss.train import load_catalogs, run_preset
+    preset = run_preset(params)
     if data is None: return load_catalogs(params, preset, progress=False)[1]
     return load_catalogs({**params, 'data': data, 'heldout': 0.0}, preset, progress=False)[0]
 

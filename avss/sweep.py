@@ -128,12 +128,11 @@ def mix_catalog(point: dict, sweep_dir: Path) -> Path:
     "The catalog CSV of a point with a genre_mix, drawn once from the base data (`avss.genre_mix.sample_by_genre`)."
     from avss.catalog import Catalog
     from avss.genre_mix import sample_by_genre
-    from avss.models import get_preset
-    from avss.train import PRETRAIN_SPEC, synthetic_catalog
+    from avss.train import PRETRAIN_SPEC, run_preset, synthetic_catalog
     path = sweep_dir/'catalogs'/f"{point['name']}.csv"
     if path.exists(): return path
     p = {k: v.default for k, v in PRETRAIN_SPEC.items()} | point['params']
-    base = synthetic_catalog(get_preset(p['preset']).short_side) if p['data'] == 'synthetic' else Catalog.read(p['data'])
+    base = synthetic_catalog(run_preset(p).short_side) if p['data'] == 'synthetic' else Catalog.read(p['data'])
     mix = {k: v for k, v in point['genre_mix'].items() if k != 'name'}
     drawn = sample_by_genre(base, heldout=p['heldout'], split_seed=p['split_seed'], **mix)
     return drawn.write(path)

@@ -222,7 +222,7 @@ def render_audio(style, plan, sr, rng=None) -> np.ndarray:
         i0 = int(round(t * sr)); x[i0:i0 + len(tune)] += tune[:len(x) - i0]
     return master(style, x, sr, rng)
 
-# %% ../nbs/12a_synth_render.ipynb #c019
+# %% ../nbs/12a_synth_render.ipynb #c022
 @contextmanager
 def atomic_path(path):
     "Yield a temporary path next to `path` that replaces it on success and is removed on failure."

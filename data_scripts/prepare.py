@@ -32,7 +32,8 @@ def parse_args(argv=None):
     ap.add_argument('--workers', type=int, default=None, help='processes (default: one per CPU core)')
     ap.add_argument('--shard', type=int, default=0)
     ap.add_argument('--num-shards', type=int, default=1)
-    ap.add_argument('--crf', type=int, default=23, help='x264 quality (lower is better and larger)')
+    ap.add_argument('--crf', type=int, default=23, help='x264 quality (lower is better and larger; 26 makes files about 20%% smaller '
+                    'and snippets about 19%% faster to read, see docs/benchmarks.md)')
     ap.add_argument('--preset', default='veryfast', help='x264 preset')
     ap.add_argument('--retry-rejected', action='store_true', help='try again titles rejected by an earlier run')
     ap.add_argument('--merge', action='store_true', help='only join the prepared titles of every shard under --out')

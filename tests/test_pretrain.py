@@ -65,6 +65,21 @@ def test_papermill_run_learns_and_leaves_a_complete_run(catalog, tmp_path):
     assert json.loads((run/'params.json').read_text())['k'] == 4
 
 
+def test_a_smaller_crop_trains_and_is_stored_with_the_weights(catalog, tmp_path):
+    from avss.core import ParamError
+    from avss.discrepancy_runs import load_run_model
+    from avss.models import load_encoders
+    from avss.train import pretrain
+    run = pretrain(_small(catalog, tmp_path, 'c32', max_steps=2, crop=32, short_side=38, num_workers=0), progress=False)
+    f, g, _ = load_encoders(run/'encoders.pt')
+    assert (f.preset.crop, f.preset.short_side, g.preset.crop) == (32, 38, 32)
+    model, params, step = load_run_model(run)
+    assert (model.preset.crop, model.preset.short_side, params['crop'], step) == (32, 38, 32, 2)
+    with pytest.raises(ParamError, match=r"'crop' \(80\) must be <= short_side \(76\)"):
+        pretrain(_small(catalog, tmp_path, 'c80', crop=80), progress=False)
+    assert not (tmp_path/'c80').exists()
+
+
 def test_papermill_without_output_notebook_from_nbs(catalog, tmp_path):
     args = sum((['-p', k, str(v)] for k, v in _small(catalog, tmp_path/'runs', 'noout', max_steps=2).items()), [])
     r = _papermill(['pretrain.ipynb', *args], cwd=ROOT/'nbs')
