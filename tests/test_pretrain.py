@@ -159,14 +159,16 @@ def test_torchrun_two_ranks_follow_one_process(catalog, tmp_path):
     for s in (1, 2): assert abs(l1[s] - l2[s]) <= 1e-4 * abs(l1[s]), (s, l1, l2)
     # After that the runs drift apart: Adam divides each gradient by its own running size, so a parameter whose
     # gradient is rounding noise (a different noise when two ranks sum in another order) takes a step of the full
-    # learning rate in either direction. The drift is bounded by the steps taken, and touches few weights.
+    # learning rate in either direction, and the two runs can step opposite ways. The drift is bounded by the steps
+    # taken, and touches few weights: each run moves a weight by at most lr a step (Adam's normalised step exceeds
+    # 1 by under 1% in its first steps; 1.25 leaves room for weight decay), so 3 steps differ by <= 2 x 3 x 1.25 lr.
     assert abs(l1[3] - l2[3]) <= 2e-3 * abs(l1[3]), (l1, l2)
     assert abs(l1[3] - l1[1]) > 1e-3          # the weights really changed along the way
     a, b = _final_weights(runs/'one'), _final_weights(runs/'two')
     assert a.keys() == b.keys()
     floats = [k for k in a if a[k].is_floating_point()]
     weights = [k for k in floats if 'running_' not in k]          # BatchNorm's running statistics follow the activations
-    for k in weights: assert (a[k] - b[k]).abs().max() <= 3 * lr * 1.01, k
+    for k in weights: assert (a[k] - b[k]).abs().max() <= 2 * 3 * 1.25 * lr, k
     for k in set(floats) - set(weights): torch.testing.assert_close(a[k], b[k], rtol=1e-2, atol=1e-3)
     close = sum(torch.isclose(a[k], b[k], rtol=1e-3, atol=1e-6).sum().item() for k in floats)
     total = sum(a[k].numel() for k in floats)
