@@ -124,6 +124,11 @@ class SnippetDataset(Dataset):
             while len(self._readers) > self.cache: self._readers.popitem(last=False)[1].close()
         return self._readers[path]
 
+    def close(self):
+        "Close this process's open readers (decord keeps decoding threads busy while a reader is open)."
+        self._own_readers()
+        while self._readers: self._readers.popitem()[1].close()
+
     def _mel(self, path) -> np.ndarray:
         self._own_readers()
         if path not in self._mels:

@@ -16,7 +16,6 @@ Prints, asserts nothing.
     python data_scripts/bench_data.py --minutes 10 --crf 26           # smaller, faster-to-decode prepared video
 """
 import argparse
-import gc
 import shutil
 import sys
 import tempfile
@@ -85,13 +84,6 @@ def time_reads(dataset, n: int, seed: int = 0) -> tuple[float, float]:
     return n / (time.perf_counter() - t), n / (time.process_time() - c)
 
 
-def release(dataset):
-    "Close the dataset's readers: an open decord reader keeps decoding threads busy that would count against the next timing."
-    for r in dataset._readers.values(): r.close()
-    dataset._readers.clear()
-    gc.collect()
-
-
 def rates(wall_cpu) -> str:
     return f'{wall_cpu[0]:8.1f} snippets/s per core ({wall_cpu[1]:.1f} per CPU second)'
 
@@ -137,15 +129,16 @@ def main(argv=None):
 
         direct = SnippetDataset(cat, SnippetGrid(cat), train=True, short_side=args.short_side, crop=args.crop)
         direct_rate = time_reads(direct, args.direct)
-        release(direct)
+        direct.close()                                   # an open decord reader keeps threads busy
         print(f'direct from the source:   {rates(direct_rate)} ({args.direct} random snippets)', flush=True)
 
         t = time.perf_counter()
-        prepared, report = prepare(cat, work/f'prepared-{args.source}-crf{args.crf}', short_side=args.short_side, workers=1,
+        out = work/f'prepared-{args.source}-crf{args.crf}'
+        prepared, report = prepare(cat, out, short_side=args.short_side, workers=1,
                                    threads=args.prepare_threads, crf=args.crf)
         prep_s = time.perf_counter() - t
         if len(report): sys.exit(f'preparation rejected the source: {report.iloc[0].reason}')
-        size = sum(p.stat().st_size for p in (work/f'prepared-{args.source}-crf{args.crf}').rglob('*') if p.is_file())
+        size = sum(p.stat().st_size for p in out.rglob('*') if p.is_file())
         print(f'preparation: {prep_s:.0f} s for {args.minutes:g} min ({args.minutes * 60 / prep_s:.1f}x real time, '
               f'{args.prepare_threads} thread(s)), {size / 2**20:.1f} MiB', flush=True)
 
@@ -153,7 +146,7 @@ def main(argv=None):
         for fast, label in ((False, 'after preparation, decord:'), (True, 'after preparation:        ')):
             ready = SnippetDataset(prepared, grid, train=True, short_side=args.short_side, crop=args.crop, fast_prepared=fast)
             ready_rate = time_reads(ready, args.prepared)
-            release(ready)
+            ready.close()
             print(f'{label} {rates(ready_rate)} ({args.prepared} random snippets)', flush=True)
         print(f'speed-up: {ready_rate[0] / direct_rate[0]:.0f}x')
     finally:
