@@ -213,6 +213,9 @@ class Catalog:
         csv = Path(csv)
         if not csv.is_file(): raise FileNotFoundError(f'catalog {csv}: no such file')
         names = pd.read_csv(csv, nrows=0).columns
+        if 'group_id' not in names:
+            raise ValueError(f'catalog {csv}: no group_id column; a show\'s episodes share a group_id (so they stay on one '
+                             'side of the held-out split): add the column, left empty for titles that are their own group')
         df = pd.read_csv(csv, dtype={c: str for c in names if c in _STR_COLS or _is_path(c)}, keep_default_na=False,
                          na_values={c: [''] for c in names if c not in _STR_COLS and not _is_path(c)})
         root = csv.resolve().parent

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['DISCREPANCY_SPEC', 'DESIGN_PARAMS', 'MEASURES', 'LABELS', 'FIGURES', 'default_out_dir', 'resolve_runs',
-           'load_run_model', 'heldout_catalog', 'save_png', 'plot_histograms', 'measure_run', 'run_measures',
-           'run_table', 'heldout_history', 'plot_sweep', 'draw_figures', 'plot_history']
+           'load_run_model', 'heldout_catalog', 'save_png', 'plot_histograms', 'measure_run', 'measure_runs',
+           'run_measures', 'run_table', 'heldout_history', 'plot_sweep', 'draw_figures', 'plot_history']
 
 # %% ../nbs/10a_discrepancy_runs.ipynb #c002
 import glob
@@ -22,6 +22,7 @@ import torch
 from .core import (Param, ParamError, atomic_write_bytes, atomic_write_json, default_runs_dir, get_device,
                        git_revision, is_int, is_str)
 from .discrepancy import embed, measure_embeddings
+from .rundir import CheckpointError, RunDir
 
 # %% ../nbs/10a_discrepancy_runs.ipynb #c005
 def _is_runs(v):
@@ -64,13 +65,11 @@ def resolve_runs(runs, runs_dir=None) -> list[Path]:
 
 # %% ../nbs/10a_discrepancy_runs.ipynb #c008
 def load_run_model(run_dir, device=None):
-    "(AVModel with the weights of run_dir/checkpoints/last.pt on `device`, the run's params, the checkpoint's step)."
+    "(AVModel with the weights of the run's newest readable checkpoint on `device`, the run's params, the checkpoint's step)."
     from avss.models import AVModel, Preset, get_preset
     run_dir = Path(run_dir)
-    path = run_dir/'checkpoints'/'last.pt'
-    if not path.is_file(): raise FileNotFoundError(f'{run_dir}: no checkpoint at {path}')
-    # the run's own checkpoint: it holds numpy RNG states, which weights_only loading refuses
-    ckpt = torch.load(path, map_location='cpu', weights_only=False)
+    ckpt, path = RunDir(run_dir).load_latest()        # weights_only: a checkpoint never runs code
+    if ckpt is None: raise FileNotFoundError(f'{run_dir}: no checkpoint at {run_dir/"checkpoints"/"last.pt"}')
     if not isinstance(ckpt, dict) or 'model' not in ckpt:
         raise ValueError(f'{path}: not a pretraining checkpoint (expected a dict with "model" and "preset")')
     params = json.loads((run_dir/'params.json').read_text())
@@ -133,6 +132,22 @@ def measure_run(run_dir, data: str | None = None, snippets_per_title: int = 16, 
     fig = plot_history(run_dir, path=run_dir/'heldout_curves.png')
     if fig is not None: plt.close(fig)
     return out
+
+# %% ../nbs/10a_discrepancy_runs.ipynb #c020
+def measure_runs(run_dirs, data: str | None = None, snippets_per_title: int = 16, seed: int = 0, device=None,
+                 batch_size: int = 32, num_workers: int | None = None, progress: bool = True) -> dict:
+    "`measure_run` on each run that has a checkpoint, {run directory: measures}; the others are named and skipped."
+    measured = {}
+    for d in map(Path, run_dirs):
+        if not (d/'checkpoints'/'last.pt').is_file():
+            print(f'{d.name}: no checkpoint, shown from its recorded measures only'); continue
+        try:
+            measured[d] = measure_run(d, data=data, snippets_per_title=snippets_per_title, seed=seed, device=device,
+                                      batch_size=batch_size, num_workers=num_workers, progress=progress)
+        except CheckpointError as e:          # unreadable, or refused because it would run code: nothing in it was loaded
+            print(f'{d.name}: not measured: {e}'); continue
+        print(f"{d.name}: measured at step {measured[d]['step']} → {d/'discrepancy.json'}, {d/'similarities.png'}")
+    return measured
 
 # %% ../nbs/10a_discrepancy_runs.ipynb #c011
 def run_measures(run_dir) -> tuple[dict, str | None]:

@@ -71,9 +71,11 @@ def _use_distributed(distributed, group) -> bool:
     return bool(distributed)
 
 def nce_loss(z_v, z_a, normalize: bool = False, tau: float | None = None, step: int | None = None,
-             distributed: bool | None = None, group=None):
+             distributed: bool | None = None, group=None, check_finite: bool = True):
     """Eq. 1: one softmax over 2B-1 logits per sample, averaged over the batch. `distributed=None` gathers candidates
-    across ranks when a process group of several ranks is initialised. Raises `NonFiniteLossError` naming `step`."""
+    across ranks when a process group of several ranks is initialised. Raises `NonFiniteLossError` naming `step`
+    (`check_finite=False` leaves the check to the caller: the training loop checks the loss and the gradients together,
+    with one host sync a step)."""
     _check_pair(z_v, z_a)
     tau = _temperature(normalize, tau)
     dtype = torch.promote_types(z_v.dtype, torch.float32)
@@ -90,7 +92,7 @@ def nce_loss(z_v, z_a, normalize: bool = False, tau: float | None = None, step: 
         positive = s_va[rows, offset + rows]
         s_av = s_av.index_put((rows, offset + rows), torch.tensor(float('-inf'), dtype=dtype, device=v.device))
         loss = (torch.logsumexp(torch.cat([s_va, s_av], dim=1), dim=1) - positive).mean()
-    if not torch.isfinite(loss):
+    if check_finite and not torch.isfinite(loss):
         raise NonFiniteLossError(
             f'nce_loss is {loss.item()} at step {"(unknown)" if step is None else step}: z_v finite: '
             f'{bool(torch.isfinite(z_v).all())}, z_a finite: {bool(torch.isfinite(z_a).all())}, '

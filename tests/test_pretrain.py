@@ -108,7 +108,7 @@ def _pretrain_process(params):
 
 
 def _final_weights(run_dir):
-    return torch.load(Path(run_dir)/'checkpoints'/'last.pt', map_location='cpu', weights_only=False)['model']
+    return torch.load(Path(run_dir)/'checkpoints'/'last.pt', map_location='cpu', weights_only=True)['model']
 
 
 def test_killed_and_resumed_run_ends_with_the_same_weights(catalog, tmp_path):
@@ -120,7 +120,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(catalog, tmp_path):
     last = runs/'killed'/'checkpoints'/'last.pt'
     deadline = time.time() + 600
     while time.time() < deadline and killed.poll() is None:
-        if last.exists() and torch.load(last, map_location='cpu', weights_only=False)['step'] >= 4: break
+        if last.exists() and torch.load(last, map_location='cpu', weights_only=True)['step'] >= 4: break
         time.sleep(0.2)
     assert killed.poll() is None, 'the run ended before it could be killed'
     killed.send_signal(signal.SIGKILL)
