@@ -192,8 +192,9 @@ def sweep_commands(grid, runs_dir=None, gpus: int = 8, nodes: int = 1) -> list[s
     return lines
 
 # %% ../nbs/14_sweep.ipynb #c015
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog='python -m avss.sweep', description='Run a grid of pretraining runs and their measurements.')
+def main(argv=None, prog: str = 'python -m avss.sweep'):
+    "The sweep command (`prog` names it in the help: `avss sweep` calls it too); returns the exit status."
+    ap = argparse.ArgumentParser(prog=prog, description='Run a grid of pretraining runs and their measurements.')
     ap.add_argument('grid', help='grid YAML file')
     ap.add_argument('--runs-dir', default=None, help='folder of sweeps (default: runs/ at the repository root)')
     ap.add_argument('--parallel', type=int, default=1, help='points run at the same time (threads are shared out)')
