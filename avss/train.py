@@ -6,8 +6,8 @@
 __all__ = ['PRETRAIN_SPEC', 'RECIPES', 'MAY_CHANGE_ON_RESUME', 'FLAGS', 'GRADIENT_NOTE', 'run_preset', 'resolve_params', 'Dist',
            'init_distributed', 'lr_factor', 'make_optimizer', 'default_run_name', 'checkpoint_state', 'item_seed',
            'SeededBatches', 'data_dir', 'synthetic_catalog', 'load_catalogs', 'build_loader', 'plot_loss',
-           'measure_heldout', 'build_model', 'total_steps', 'NonFiniteStepError', 'train_step', 'agree', 'open_run',
-           'pretrain', 'finish_run', 'parse_value', 'parse_cli', 'main']
+           'measure_heldout', 'build_model', 'total_steps', 'NonFiniteStepError', 'train_step', 'agree', 'StepHealth',
+           'open_run', 'pretrain', 'finish_run', 'parse_value', 'parse_cli', 'main']
 
 # %% ../nbs/09_train.ipynb #c002
 import dataclasses
@@ -140,11 +140,11 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 def make_optimizer(model, lr: float, weight_decay: float):
-    "AdamW with weight decay on weights only (not on biases and normalisation parameters)."
+    "AdamW with weight decay on weights only (not on biases and normalisation parameters); fused (see the loop)."
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
     return torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay},
-                              {'params': no_decay, 'weight_decay': 0.0}], lr=lr, betas=(0.9, 0.999))
+                              {'params': no_decay, 'weight_decay': 0.0}], lr=lr, betas=(0.9, 0.999), fused=True)
 
 # %% ../nbs/09_train.ipynb #c015
 MAY_CHANGE_ON_RESUME = {'resume', 'num_workers', 'device', 'runs_dir', 'log_every', 'eval_every', 'keep_every',
@@ -319,19 +319,67 @@ def train_step(model, optimizer, batch, p: dict, d: Dist) -> tuple[torch.Tensor,
                        _not_finite(gv, squared=True).to(loss.device), _not_finite(ga, squared=True).to(loss.device)])
     return loss.detach(), bad
 
-def agree(bad: torch.Tensor, stop: bool, d: Dist) -> list[bool]:
-    "`FLAGS` agreed by every rank (any rank's NaN or signal counts for all): the step's one host sync."
-    flags = torch.cat([bad.float(), torch.tensor([float(stop)], device=bad.device)])
+def agree(bad: torch.Tensor, stop: bool, d: Dist) -> torch.Tensor:
+    "`FLAGS` agreed by every rank (any rank's NaN or signal counts for all), on the device: nothing waits for the GPU."
+    flags = torch.cat([bad.float(), torch.full((1,), float(stop), device=bad.device)])   # full: no host-to-device copy
     if d.distributed: dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    return [v > 0 for v in flags.tolist()]
+    return flags
+
+class StepHealth:
+    "What the steps since the last sync point did, kept on the device: loss sum and count of updates, skipped steps, flags."
+    def __init__(self, device):
+        self.device = device
+        self.reset()
+
+    def reset(self):
+        z = lambda: torch.zeros((), dtype=torch.float64, device=self.device)
+        self.loss, self.updated, self.skipped = z(), z(), z()
+        self.first_bad = torch.full((), -1.0, dtype=torch.float64, device=self.device)
+        self.seen = torch.zeros(len(FLAGS), dtype=torch.float64, device=self.device)
+
+    def add(self, step: int, loss: torch.Tensor, flags: torch.Tensor):
+        "Account for step `step` (numbered from 1) with its loss and agreed flags."
+        bad = flags[:-1].max().double()
+        self.loss += torch.where(bad > 0, 0.0, loss.double())
+        self.updated += 1 - bad
+        self.skipped += bad
+        self.first_bad = torch.where((bad > 0) & (self.first_bad < 0), float(step), self.first_bad)
+        self.seen = torch.maximum(self.seen, flags.double())
+
+    def read(self, d: Dist) -> dict:
+        "The window's figures on the host (the sync point), the loss summed over ranks; starts a new window."
+        loss = self.loss.clone()
+        if d.distributed: dist.all_reduce(loss); loss /= d.world_size
+        values = torch.cat([loss[None], self.updated[None], self.skipped[None], self.first_bad[None], self.seen]).tolist()
+        self.reset()
+        return dict(loss=values[0], updated=int(values[1]), skipped=int(values[2]), first_bad=int(values[3]),
+                    flags=[v > 0 for v in values[4:]])
 
 # %% ../nbs/09_train.ipynb #c029
-def _describe_step(flags: list[bool]) -> str:
+def _describe(flags: list[bool]) -> str:
     what = ', '.join(name for name, bad in zip(FLAGS[:-1], flags) if bad)
     return what + (f' ({GRADIENT_NOTE})' if any(flags[3:5]) else '')
 
 def _buffers(model) -> list[torch.Tensor]:
     return [b for b in _unwrap(model).buffers() if b.is_floating_point()]
+
+def _update(model, optimizer, flags: torch.Tensor, buffers: list, saved: list):
+    "The optimizer step, skipped on the device when a flag is up; the BatchNorm statistics put back then."
+    bad = flags[:-1].max()
+    optimizer.found_inf = bad                         # fused AdamW: no update where found_inf is 1
+    optimizer.step()
+    for b, s in zip(buffers, saved): torch.where(bad > 0, s, b, out=b)
+
+def _check_health(h: dict, skipped: int, p: dict, run_dir) -> int:
+    "Skipped steps so far; NonFiniteStepError past `skip_nonfinite` (read at a sync point)."
+    if not h['skipped']: return skipped
+    skipped += h['skipped']
+    what = f"step {h['first_bad']}: not finite: {_describe(h['flags'])}"
+    if skipped > p['skip_nonfinite']:
+        raise NonFiniteStepError(f'run {run_dir}: {what}; no update was made and the last checkpoint is as it was '
+                                 f'({skipped} non-finite step(s), skip_nonfinite={p["skip_nonfinite"]})')
+    print(f"{what}; {h['skipped']} step(s) skipped without an update ({skipped} of at most {p['skip_nonfinite']})", file=sys.stderr)
+    return skipped
 
 def open_run(p: dict, d: Dist, name: str) -> tuple[RunDir | None, dict | None]:
     "Rank 0 opens (and locks) the run directory; every rank gets the checkpoint to continue from (or None)."
@@ -421,17 +469,10 @@ def _train(model, optimizer, scheduler, loader, sampler, log, stop, held_cat, p,
            progress):
     "The training loop, from `step` to `steps`."
     model.train()
-    steps_per_epoch, broken = len(sampler), loader.batch_sampler.broken
+    steps_per_epoch, broken, buffers = len(sampler), loader.batch_sampler.broken, _buffers(model)
     bar = tqdm(total=steps, initial=step, disable=not progress, desc='pretrain', dynamic_ncols=True)
-    it, epoch, skipped = None, None, 0
-    window = dict(t0=time.perf_counter(), wait=0.0, steps=0, loss=torch.zeros((), dtype=torch.float64, device=d.device))
-
-    def checkpoint(keep=False):
-        if d.main:
-            rd.save_checkpoint(checkpoint_state(step, model, optimizer, scheduler,
-                                                sampler.state_dict(batches_done=step % steps_per_epoch), p), keep)
-        if d.distributed: dist.barrier()
-
+    it, epoch, skipped, health = None, None, 0, StepHealth(d.device)
+    window = dict(t0=time.perf_counter(), wait=0.0, steps=0, loss=0.0, updated=0)
     while step < steps:
         if epoch != step // steps_per_epoch:
             epoch = step // steps_per_epoch
@@ -442,49 +483,47 @@ def _train(model, optimizer, scheduler, loader, sampler, log, stop, held_cat, p,
         batch = next(it)
         window['wait'] += time.perf_counter() - t
         _record_failures(batch, loader.dataset.catalog, broken, run_dir, step + 1)
-        saved = [b.clone() for b in _buffers(model)] if p['skip_nonfinite'] else None
+        saved = [b.clone() for b in buffers]
         loss, bad = train_step(model, optimizer, batch, p, d)
-        *bad, stopping = agree(bad, stop.signum is not None, d)
-        if any(bad):
-            skipped += 1
-            what = f'step {step + 1}: not finite: {_describe_step(bad)}'
-            if skipped > p['skip_nonfinite']:
-                raise NonFiniteStepError(f'run {run_dir}: {what}; no update was made and the last checkpoint is as it was '
-                                         f'({skipped} non-finite step(s), skip_nonfinite={p["skip_nonfinite"]})')
-            print(f'{what}; skipped ({skipped} of at most {p["skip_nonfinite"]})', file=sys.stderr)
-            optimizer.zero_grad(set_to_none=True)
-            for b, s in zip(_buffers(model), saved): b.copy_(s)
-        else:
-            optimizer.step()
-            window['loss'] += loss
-            window['steps'] += 1
+        flags = agree(bad, stop.signum is not None, d)
+        _update(model, optimizer, flags, buffers, saved)
         scheduler.step()
-        step += 1
-        if step % p['log_every'] == 0 or step == steps:
-            window = _log_window(window, step, epoch, scheduler, p, d, log, bar)
+        step += 1; window['steps'] += 1
+        health.add(step, loss, flags)
         bar.update(1)
-        if p['eval_every'] and step % p['eval_every'] == 0 and step < steps:   # before the checkpoint: a
-            m = measure_heldout(model, held_cat, p, preset, d)                  # checkpoint implies its measures
+        log_now = step % p['log_every'] == 0 or step == steps
+        eval_now = bool(p['eval_every']) and step % p['eval_every'] == 0 and step < steps
+        if not (log_now or eval_now or step % p['checkpoint_every'] == 0 or step == steps): continue
+        # ============ a sync point: the host reads what the device kept ============
+        h = health.read(d)
+        skipped = _check_health(h, skipped, p, run_dir)
+        window['loss'] += h['loss']; window['updated'] += h['updated']
+        if log_now: window = _log_window(window, step, epoch, scheduler, p, log, bar)
+        if eval_now:                                                   # before the checkpoint: a checkpoint
+            m = measure_heldout(model, held_cat, p, preset, d)         # implies its measures
             if m: log.log(step, split='heldout', **m)
             model.train()
+        stopping = h['flags'][-1]
         if step % p['checkpoint_every'] == 0 or step == steps or stopping:
-            checkpoint(keep=bool(p['keep_every']) and step % p['keep_every'] == 0)
+            if d.main:
+                keep = bool(p['keep_every']) and step % p['keep_every'] == 0
+                rd.save_checkpoint(checkpoint_state(step, model, optimizer, scheduler,
+                                                    sampler.state_dict(batches_done=step % steps_per_epoch), p), keep)
+            if d.distributed: dist.barrier()
         if stopping and step < steps:
             bar.close()
             raise RunStopped(run_dir, step, stop.signum or signal.SIGTERM)
     bar.close()
 
-def _log_window(window: dict, step: int, epoch: int, scheduler, p: dict, d: Dist, log, bar) -> dict:
-    "Log the mean loss of the steps since the last line (read from the device here, not every step); a fresh window."
+def _log_window(window: dict, step: int, epoch: int, scheduler, p: dict, log, bar) -> dict:
+    "Log the mean loss of the updated steps since the last line, clips/s and the data wait; a fresh window."
     elapsed = time.perf_counter() - window['t0']
-    total = window['loss'].clone()
-    if d.distributed: dist.all_reduce(total); total /= d.world_size
-    n = max(1, window['steps'])
-    rec = dict(epoch=epoch, loss=total.item() / n if window['steps'] else None, lr=scheduler.get_last_lr()[0],
-               clips_per_s=n * p['batch_size'] / elapsed, data_wait=window['wait'] / elapsed)
+    n = window['updated']
+    rec = dict(epoch=epoch, loss=window['loss'] / n if n else None, lr=scheduler.get_last_lr()[0],
+               clips_per_s=window['steps'] * p['batch_size'] / elapsed, data_wait=window['wait'] / elapsed)
     log.log(step, **rec)
-    bar.set_postfix(loss=f"{total.item() / n:.3f}", clips_s=f"{rec['clips_per_s']:.1f}")
-    return dict(t0=time.perf_counter(), wait=0.0, steps=0, loss=torch.zeros((), dtype=torch.float64, device=d.device))
+    if n: bar.set_postfix(loss=f"{rec['loss']:.3f}", clips_s=f"{rec['clips_per_s']:.1f}")
+    return dict(t0=time.perf_counter(), wait=0.0, steps=0, loss=0.0, updated=0)
 
 # %% ../nbs/09_train.ipynb #c032
 def finish_run(rd: RunDir, model, held, p: dict, preset, d: Dist, log: MetricsLog) -> dict:
