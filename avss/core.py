@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['seed_everything', 'get_device', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_torch_save',
-           'repo_root', 'default_runs_dir', 'ParamError', 'Param', 'is_int', 'is_float', 'is_bool', 'one_of', 'is_str',
-           'validate_params', 'notebook_params', 'papermill_output_path', 'copy_executed_notebook', 'git_revision']
+           'repo_root', 'default_runs_dir', 'ParamError', 'Param', 'annotated', 'is_int', 'is_float', 'is_bool',
+           'one_of', 'is_str', 'validate_params', 'parameters_source', 'notebook_params', 'papermill_output_path',
+           'copy_executed_notebook', 'git_revision']
 
 # %% ../nbs/00_core.ipynb #c002
 import difflib
@@ -15,6 +16,7 @@ import random
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -104,8 +106,14 @@ class Param:
     check: Callable[[Any], str | None] | None = None
     doc: str = ''
 
+def annotated(check, annotation: str):
+    "`check` carrying the type annotation a run notebook's parameters cell shows for it (papermill reads it)."
+    check.annotation = annotation
+    return check
+
 def is_int(lo=None, hi=None, none_ok=False):
     "Check: an integer in [lo, hi]."
+    @partial(annotated, annotation='Optional[int]' if none_ok else 'int')
     def check(v):
         if v is None and none_ok: return None
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)): return f'must be an integer, got {v!r}'
@@ -115,6 +123,7 @@ def is_int(lo=None, hi=None, none_ok=False):
 
 def is_float(lo=None, hi=None, none_ok=False, lo_open=False):
     "Check: a number in [lo, hi] (or (lo, hi] with lo_open)."
+    @partial(annotated, annotation='Optional[float]' if none_ok else 'float')
     def check(v):
         if v is None and none_ok: return None
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)): return f'must be a number, got {v!r}'
@@ -125,15 +134,17 @@ def is_float(lo=None, hi=None, none_ok=False, lo_open=False):
 
 def is_bool():
     "Check: True or False."
-    return lambda v: None if isinstance(v, (bool, np.bool_)) else f'must be True or False, got {v!r}'
+    return annotated(lambda v: None if isinstance(v, (bool, np.bool_)) else f'must be True or False, got {v!r}', 'bool')
 
 def one_of(*choices):
     "Check: one of `choices`."
-    return lambda v: None if v in choices else f'must be one of {", ".join(map(repr, choices))}; got {v!r}'
+    kind = 'str' if all(isinstance(c, str) for c in choices) else 'Union[bool, str]'
+    return annotated(lambda v: None if v in choices else f'must be one of {", ".join(map(repr, choices))}; got {v!r}', kind)
 
 def is_str(none_ok=False):
     "Check: a string (or None)."
-    return lambda v: None if isinstance(v, str) or (v is None and none_ok) else f'must be a string, got {v!r}'
+    return annotated(lambda v: None if isinstance(v, str) or (v is None and none_ok) else f'must be a string, got {v!r}',
+                     'Optional[str]' if none_ok else 'str')
 
 def validate_params(given: dict, spec: dict[str, Param], where: str = 'parameters') -> dict:
     "Defaults of `spec` updated with `given`; unknown names or failed checks raise `ParamError` naming them."
@@ -150,6 +161,16 @@ def validate_params(given: dict, spec: dict[str, Param], where: str = 'parameter
     if errors:
         raise ParamError(f'invalid {where}:\n  ' + '\n  '.join(errors) + f'\nknown parameters: {", ".join(spec)}')
     return params
+
+def parameters_source(spec: dict[str, Param]) -> str:
+    """The parameters cell of a run notebook for `spec`: one annotated line per parameter, its doc as the comment
+    (what `papermill --help-notebook` shows; the notebook imports `Optional` and `Union` from typing)."""
+    lines = []
+    for name, p in spec.items():
+        if '=' in p.doc: raise ValueError(f"parameter {name!r}: papermill skips a line with two '=', so its doc must not hold one")
+        code = f'{name}: {p.check.annotation} = {p.default!r}'
+        lines.append(f'{code:<40}  # {p.doc}' if p.doc else code)
+    return '\n'.join(lines)
 
 def notebook_params(namespace: dict, names_before: set) -> dict:
     "The parameters a notebook received: globals defined by its parameters cell or injected by papermill."

@@ -37,13 +37,25 @@ def _papermill(args, cwd=ROOT):
     return subprocess.run([str(BIN/'papermill'), '-k', 'python3', *args], cwd=cwd, capture_output=True, text=True)
 
 
-def test_parameters_cell_matches_the_spec():
+def test_parameters_cell_is_the_spec():
+    from avss.core import parameters_source
     from avss.train import PRETRAIN_SPEC
     nb = json.loads(NB.read_text())
-    cell = next(c for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', []))
-    tree = ast.parse(''.join(cell['source']))
-    values = {t.targets[0].id: ast.literal_eval(t.value) for t in tree.body}
+    cell = ''.join(next(c for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', []))['source'])
+    assert cell == parameters_source(PRETRAIN_SPEC), 'regenerate the cell with avss.core.parameters_source(PRETRAIN_SPEC)'
+    values = {t.target.id: ast.literal_eval(t.value) for t in ast.parse(cell).body}
     assert values == {k: p.default for k, p in PRETRAIN_SPEC.items()}
+
+
+def test_papermill_help_lists_every_parameter_with_its_type_and_help():
+    from avss.train import PRETRAIN_SPEC
+    r = subprocess.run([str(BIN/'papermill'), '--help-notebook', str(NB)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert 'Unknown type' not in r.stdout and 'Unable to parse' not in r.stdout + r.stderr
+    assert 'k: int (default 16)' in r.stdout
+    for name, p in PRETRAIN_SPEC.items():
+        assert f'  {name}: ' in r.stdout, name
+        assert ' '.join(p.doc.split()[:4]) in ' '.join(r.stdout.split()), name
 
 
 def test_papermill_run_learns_and_leaves_a_complete_run(catalog, tmp_path):
