@@ -7,9 +7,9 @@ __all__ = ['PRETRAIN_SPEC', 'RECIPES', 'MEMORY_GIB', 'CPU_SECONDS_PER_CLIP', 'MA
            'run_preset', 'auto_preset', 'resolve_params', 'Dist', 'init_distributed', 'InsufficientMemoryError',
            'memory_needed', 'memory_free', 'check_memory', 'cpu_warning', 'lr_factor', 'make_optimizer',
            'default_run_name', 'checkpoint_state', 'item_seed', 'SeededBatches', 'data_dir', 'synthetic_catalog',
-           'load_catalogs', 'build_loader', 'plot_loss', 'measure_heldout', 'build_model', 'total_steps',
-           'NonFiniteStepError', 'train_step', 'agree', 'StepHealth', 'open_run', 'TextProgress', 'pretrain',
-           'finish_run', 'parse_value', 'parse_cli', 'main']
+           'load_catalogs', 'scene_table', 'scene_fallback', 'build_loader', 'plot_loss', 'measure_heldout',
+           'build_model', 'total_steps', 'NonFiniteStepError', 'train_step', 'agree', 'StepHealth', 'open_run',
+           'TextProgress', 'pretrain', 'finish_run', 'parse_value', 'parse_cli', 'main']
 
 # %% ../nbs/09_train.ipynb #c002
 import dataclasses
@@ -34,6 +34,7 @@ from .core import (Param, ParamError, annotated, default_runs_dir, get_device, g
 from .datasets import substitute
 from .losses import nce_loss
 from .transforms import to_model_inputs
+from .scenes import title_scenes
 from .rundir import (STOPPED_EXIT, MetricsLog, RunDir, RunStopped, StopSignals, LoaderSignals,
                          load_checkpoint, read_metrics, read_summary, rng_states, set_rng_states)
 
@@ -52,6 +53,7 @@ PRETRAIN_SPEC = {
     'data': Param('synthetic', is_str(), 'catalog CSV (source or prepared titles), or "synthetic" for the bundled corpus'),
     'k': Param(16, is_int(1), 'snippets per title in a batch (1: i.i.d. sampling)'),
     'w': Param('all', _is_window, 'window (in snippets) holding a title\'s k snippets; "all": anywhere in the title'),
+    'window': Param('index', one_of('index', 'scene'), "where a title's k snippets lie: within w snippets (index), or within one shot long enough for k, else as index (scene)"),
     'sigma': Param(0.0, is_float(0, 1), 'colour jitter strength (brightness, contrast, saturation ~ U[1-sigma, 1+sigma])'),
     'normalize': Param(False, is_bool(), 'l2-normalise embeddings and divide by tau (False: raw dot products, as the paper)'),
     'tau': Param(0.07, is_float(0, lo_open=True), 'temperature when normalize is True'),
@@ -276,6 +278,19 @@ def load_catalogs(p: dict, preset, progress: bool = True):
     train, held = usable.split(heldout=p['heldout'], seed=p['split_seed'])
     return train, held, report
 
+def scene_table(cat, progress: bool = True) -> dict[int, list[float]]:
+    "Title row → its shot boundaries (detected once per prepared title, `avss.scenes.title_scenes`)."
+    if 'mel_path' not in cat.df or not all(cat.df['mel_path']):
+        raise ParamError("parameter 'window': 'scene' needs prepared titles (data_scripts/prepare.py), which store their shots")
+    return {n: title_scenes(path) for n, path in enumerate(tqdm(cat.df['path'], desc='scenes', unit='title', disable=not progress))}
+
+def scene_fallback(sampler, p: dict) -> dict:
+    "With scene windows: how many sampled titles use them and how many fall back to the index window (no shot of k snippets)."
+    if p['window'] != 'scene' or p['k'] == 1: return {}
+    usable = len(sampler.usable)
+    return dict(scene_titles=usable - sampler.scene_fallback, scene_fallback=sampler.scene_fallback,
+                scene_fallback_rate=sampler.scene_fallback / max(1, usable))
+
 def build_loader(cat, p: dict, preset, d: Dist, train: bool = True):
     "(DataLoader over this rank's share of every batch, its sampler) for a training catalog; titles that fail are stood in for."
     from torch.utils.data import DataLoader
@@ -283,8 +298,9 @@ def build_loader(cat, p: dict, preset, d: Dist, train: bool = True):
     from avss.samplers import make_sampler
     from avss.datasets import SnippetDataset
     grid = SnippetGrid(cat, frames=preset.frames, fps=preset.fps)
+    scenes = scene_table(cat, progress=d.main) if p['window'] == 'scene' and p['k'] > 1 else None
     sampler = make_sampler(grid, p['k'], None if p['w'] == 'all' else p['w'], p['batch_size'], seed=p['seed'],
-                           rank=d.rank, world_size=d.world_size)
+                           rank=d.rank, world_size=d.world_size, scenes=scenes)
     dataset = SnippetDataset(cat, grid, train=train, short_side=preset.short_side, crop=preset.crop, substitute=True)
     workers = p['num_workers']
     if workers is None: workers = min(8, max(1, (os.cpu_count() or 2) // d.world_size))
@@ -516,6 +532,9 @@ def pretrain(params: dict, progress: bool = True) -> Path:
     train_cat, held_cat, report = load_catalogs(p, preset, progress=progress and d.main)
     if d.main and len(report): print(f'{len(report)} title(s) left out:\n{report.to_string(index=False)}')
     loader, sampler = build_loader(train_cat, p, preset, d)
+    scenes = scene_fallback(sampler, p)
+    if d.main and scenes: print(f"scene windows: {scenes['scene_titles']} titles have a shot of at least k={p['k']} snippets; "
+                                f"{scenes['scene_fallback']} ({100 * scenes['scene_fallback_rate']:.0f}%) use the index window")
     steps_per_epoch = len(sampler)
     steps = total_steps(p, steps_per_epoch)
     model = build_model(p, d)
@@ -540,6 +559,7 @@ def pretrain(params: dict, progress: bool = True) -> Path:
         loader.dataset.broken = set(broken)
         model = _wrap(model, p, d)
         log = MetricsLog(run_dir, enabled=d.main, resume_step=step if ckpt is not None else None)
+        if scenes and step == 0: log.log(0, **scenes)
         if d.main: print(f'{len(train_cat)} training titles, {len(held_cat)} held-out; {sampler!r}; '
                          f'{steps_per_epoch} batches per epoch, {steps} steps' + (f'; continuing at step {step}' if step else '')
                          + (f'; {len(broken)} title(s) quarantined' if broken else ''))
@@ -640,6 +660,8 @@ def finish_run(rd: RunDir, model, held, p: dict, preset, d: Dist, log: MetricsLo
                    clips_per_s=float(np.median(speeds)) if speeds else None,
                    data_wait=float(np.median([r['data_wait'] for r in rows if 'data_wait' in r])) if speeds else None,
                    heldout=measures, quarantined=rd.quarantined(), git=git_revision(),
+                   **next(({k: r[k] for k in ('scene_titles', 'scene_fallback', 'scene_fallback_rate')}
+                           for r in rows if 'scene_fallback_rate' in r), {}),
                    finished=time.strftime('%Y-%m-%d %H:%M:%S'))
     rd.write_summary(summary)
     import matplotlib.pyplot as plt

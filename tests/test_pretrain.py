@@ -2,6 +2,7 @@
 import ast
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from avss.core import ParamError
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -186,3 +189,33 @@ def test_torchrun_two_ranks_follow_one_process(catalog, tmp_path):
     total = sum(a[k].numel() for k in floats)
     assert close / total > 0.9, f'only {close}/{total} weights agree'         # 95% here, 3 steps at lr 1e-4
 
+
+
+def test_scene_windows_are_a_run_parameter(catalog, tmp_path):
+    from avss.catalog import Catalog
+    from avss.samplers import scene_snippet_ranges
+    from avss.scenes import SCENES_FILE, title_scenes
+    from avss.segment import SnippetGrid
+    from avss.train import build_loader, load_catalogs, pretrain, resolve_params, run_preset, Dist
+    shutil.copytree(Path(catalog).parent, tmp_path/'corpus')               # the shots are stored beside each title
+    data = tmp_path/'corpus'/'catalog.csv'
+    p = resolve_params(_small(data, tmp_path/'runs', 'scenes', window='scene', k=2, w=2, batch_size=8, heldout=0.0))
+    train_cat = load_catalogs(p, run_preset(p), progress=False)[0]
+    loader, sampler = build_loader(train_cat, p, run_preset(p), Dist())
+    grid = SnippetGrid(train_cat, frames=16, fps=5.0)
+    shots = {n: scene_snippet_ranges(title_scenes(path), grid.counts[n], grid.snippet_s)
+             for n, path in enumerate(train_cat.df['path'])}
+    for i in range(len(sampler)):                   # a title with a shot of k snippets: its k snippets lie in one shot
+        batch = sampler.global_batch(i)
+        for n, m in zip(batch[::2, 0], batch.reshape(-1, 2, 2)[:, :, 1]):
+            long_enough = [(lo, hi) for lo, hi in shots[n] if hi - lo >= 2]
+            if long_enough: assert any(lo <= m.min() and m.max() < hi for lo, hi in long_enough), (n, m, long_enough)
+    assert all((Path(path).parent/SCENES_FILE).is_file() for path in train_cat.df['path'])
+    run = pretrain({**p, 'max_steps': 2, 'num_workers': 0}, progress=False)
+    summary = json.loads((run/'summary.json').read_text())
+    assert summary['scene_titles'] + summary['scene_fallback'] == len(train_cat)
+    assert summary['scene_titles'] == sum(any(hi - lo >= 2 for lo, hi in s) for s in shots.values())
+    source = Catalog.read(data).df.assign(mel_path='')
+    Catalog(source).write(tmp_path/'source.csv')
+    with pytest.raises(ParamError, match="'scene' needs prepared titles"):
+        pretrain(_small(tmp_path/'source.csv', tmp_path/'runs', 'src', window='scene', k=2, w=2), progress=False)
