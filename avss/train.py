@@ -13,6 +13,7 @@ __all__ = ['PRETRAIN_SPEC', 'RECIPES', 'MEMORY_GIB', 'CPU_SECONDS_PER_CLIP', 'MA
 
 # %% ../nbs/09_train.ipynb #c002
 import dataclasses
+import io
 import json
 import shutil
 import math
@@ -27,12 +28,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .core import (Param, ParamError, annotated, default_runs_dir, get_device, git_revision, is_bool, is_float,
-                       is_int, is_str, one_of, seed_everything, validate_params)
-from .datasets import substitute
+from .catalog import Catalog
+from .core import (Param, ParamError, annotated, atomic_write_bytes, default_runs_dir, get_device, git_revision,
+                       is_bool, is_float, is_int, is_str, one_of, repo_root, seed_everything, validate_params)
+from .datasets import SnippetDataset, substitute
+from .discrepancy import heldout_measures
 from .losses import nce_loss
+from .models import AVModel, get_preset, save_encoders
+from .samplers import make_sampler
+from .segment import SnippetGrid, prepare
+from .sync_bn import convert_sync_batchnorm
+from .synth import make_corpus
 from .transforms import to_model_inputs
 from .scenes import title_scenes
 from .rundir import (STOPPED_EXIT, MetricsLog, RunDir, RunStopped, StopSignals, LoaderSignals,
@@ -91,7 +102,6 @@ PRETRAIN_SPEC = {
 
 def run_preset(p: dict):
     "The model preset of a run: `p['preset']` with the run's `crop` and `short_side` when they are set."
-    from avss.models import get_preset
     sizes = {k: p[k] for k in ('crop', 'short_side') if p.get(k) is not None}
     return dataclasses.replace(get_preset(p['preset']), **sizes)
 
@@ -163,7 +173,6 @@ def memory_needed(p: dict, d: Dist) -> tuple[float, float, float]:
     "(estimated GiB, fixed GiB, GiB per clip) of one rank's training step."
     kind = 'cuda' if d.device.type == 'cuda' else 'cpu'
     fixed, per_clip = MEMORY_GIB.get((p['preset'], kind, _precision(p, d)), MEMORY_GIB[(p['preset'], kind, 'fp32')])
-    from avss.models import get_preset
     per_clip *= (run_preset(p).crop / get_preset(p['preset']).crop) ** 2
     return fixed + per_clip * p['batch_size'] / d.world_size, fixed, per_clip
 
@@ -253,13 +262,10 @@ class SeededBatches:
 # %% ../nbs/09_train.ipynb #c023
 def data_dir() -> Path:
     "`data/` at the repository root (`./data` outside a checkout); created on demand."
-    from avss.core import repo_root
     return (repo_root() or Path.cwd())/'data'
 
 def synthetic_catalog(short_side: int, progress: bool = True):
     "The bundled synthetic corpus, generated and prepared at `short_side` on first use."
-    from avss.synth import make_corpus
-    from avss.segment import prepare
     root = data_dir()/'synthetic'
     corpus = make_corpus(root/'corpus', progress=progress)
     prepared, _ = prepare(corpus, root/f'prepared-{short_side}', short_side=short_side, progress=progress)
@@ -267,7 +273,6 @@ def synthetic_catalog(short_side: int, progress: bool = True):
 
 def load_catalogs(p: dict, preset, progress: bool = True):
     "(train catalog, held-out catalog, report of titles left out) for the run's `data` parameter."
-    from avss.catalog import Catalog
     if p['data'] == 'synthetic': cat = synthetic_catalog(preset.short_side, progress)
     else:
         path = Path(p['data'])
@@ -293,10 +298,6 @@ def scene_fallback(sampler, p: dict) -> dict:
 
 def build_loader(cat, p: dict, preset, d: Dist, train: bool = True):
     "(DataLoader over this rank's share of every batch, its sampler) for a training catalog; titles that fail are stood in for."
-    from torch.utils.data import DataLoader
-    from avss.segment import SnippetGrid
-    from avss.samplers import make_sampler
-    from avss.datasets import SnippetDataset
     grid = SnippetGrid(cat, frames=preset.frames, fps=preset.fps)
     scenes = scene_table(cat, progress=d.main) if p['window'] == 'scene' and p['k'] > 1 else None
     sampler = make_sampler(grid, p['k'], None if p['w'] == 'all' else p['w'], p['batch_size'], seed=p['seed'],
@@ -312,8 +313,7 @@ def build_loader(cat, p: dict, preset, d: Dist, train: bool = True):
 # %% ../nbs/09_train.ipynb #c025
 def plot_loss(run_dir, ax=None, save: bool = True):
     "The training loss curve of a run (saved as loss.png in the run directory)."
-    import matplotlib
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt     # here, not at the top: plotting alone needs it, and it is a slow import
     rows = [r for r in read_metrics(run_dir) if 'loss' in r]
     fig = None
     if ax is None: fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -321,9 +321,7 @@ def plot_loss(run_dir, ax=None, save: bool = True):
     ax.set_xlabel('step'); ax.set_ylabel('NCE loss (Eq. 1)'); ax.set_title(Path(run_dir).name); ax.grid(alpha=.3)
     if fig is not None and save:
         fig.tight_layout()
-        import io
         buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=120)
-        from avss.core import atomic_write_bytes
         atomic_write_bytes(Path(run_dir)/'loss.png', buf.getvalue())
     return ax
 
@@ -331,18 +329,15 @@ def plot_loss(run_dir, ax=None, save: bool = True):
 def measure_heldout(model, held, p: dict, preset, d: Dist) -> dict:
     "The held-out measures of `model` on catalog `held` (rank 0 only; {} without held-out titles)."
     if held is None or len(held) == 0 or not d.main: return {}
-    from avss.discrepancy import heldout_measures
     return heldout_measures(_unwrap(model), held, preset, snippets_per_title=p['eval_snippets'],
                             titles=p['eval_titles'], seed=p['split_seed'], device=d.device)
 
 # %% ../nbs/09_train.ipynb #c029
 def build_model(p: dict, d: Dist):
     "AVModel of the preset on the device, with SyncBatchNorm, channels-last, DDP and compile as asked."
-    from avss.models import AVModel
     seed_everything(p['seed'])          # the same initial weights on every rank (DDP also broadcasts rank 0's)
     model = AVModel(run_preset(p))
     if p['sync_bn'] and d.distributed:
-        from avss.sync_bn import convert_sync_batchnorm
         model = convert_sync_batchnorm(model, d.device)
     model = model.to(d.device)
     if p['channels_last'] and d.device.type == 'cuda': _to_channels_last(model)
@@ -354,7 +349,6 @@ def _to_channels_last(model):
 
 def _wrap(model, p, d):
     if d.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[d.device.index] if d.device.type == 'cuda' else None)
     return torch.compile(model) if p['compile'] else model
 
@@ -642,7 +636,6 @@ def _log_window(window: dict, step: int, epoch: int, scheduler, p: dict, log, ba
 # %% ../nbs/09_train.ipynb #c035
 def finish_run(rd: RunDir, model, held, p: dict, preset, d: Dist, log: MetricsLog) -> dict:
     "Encoders, final held-out measures, summary.json and loss.png of a finished run."
-    from avss.models import save_encoders
     run_dir = rd.path
     rows = read_metrics(run_dir)
     step = max((r['step'] for r in rows), default=0)
@@ -664,14 +657,13 @@ def finish_run(rd: RunDir, model, held, p: dict, preset, d: Dist, log: MetricsLo
                            for r in rows if 'scene_fallback_rate' in r), {}),
                    finished=time.strftime('%Y-%m-%d %H:%M:%S'))
     rd.write_summary(summary)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt     # as in plot_loss
     plt.close(plot_loss(run_dir).figure)
     return summary
 
 # %% ../nbs/09_train.ipynb #c037
 def parse_value(text: str):
     "A command-line value: an int or float when it reads as one (`16`, `1e-3`, `1e6`), else YAML (`all`, `true`, `null`)."
-    import yaml
     for kind in (int, float):
         try: return kind(text)
         except ValueError: pass
@@ -679,7 +671,6 @@ def parse_value(text: str):
 
 def parse_cli(argv: list[str]) -> dict:
     "Parameters from `-p name value` pairs and `-f params.yaml` files (later ones win)."
-    import yaml
     params, i = {}, 0
     while i < len(argv):
         a = argv[i]
