@@ -10,13 +10,14 @@ __all__ = ['RECALL_K', 'snippet_choice', 'preset_dict', 'heldout_dataset', 'embe
 # %% ../nbs/10_discrepancy.ipynb #c002
 import os
 import zlib
-from contextlib import nullcontext
 from dataclasses import asdict, is_dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+
+from .core import autocast
 
 # %% ../nbs/10_discrepancy.ipynb #c005
 def _title_seed(seed: int, title_id: str) -> list[int]:
@@ -81,7 +82,7 @@ def embed(model, data, items=None, preset=None, snippets_per_title: int = 16, ti
     items = [(int(n), int(m)) for n, m in items]
     if not items: raise ValueError('embed: no snippets to embed (no title has 2 or more snippets)')
     device = torch.device(device) if device is not None else _model_device(model)
-    bf16 = device.type == 'cuda' and precision in ('auto', 'bf16')
+    precision = precision if device.type == 'cuda' else 'fp32'      # measured in fp32 on the CPU, whatever was asked
     loader = DataLoader(dataset, batch_size=batch_size, sampler=items, num_workers=num_workers,
                         pin_memory=device.type == 'cuda')
     was_training, z_v, z_a, keys = model.training, [], [], []
@@ -90,7 +91,7 @@ def embed(model, data, items=None, preset=None, snippets_per_title: int = 16, ti
         with torch.no_grad():
             for i, batch in enumerate(tqdm(loader, desc='embedding held-out snippets', disable=not progress, leave=False)):
                 video, audio = to_model_inputs(batch, device, train=False)
-                with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+                with autocast(device, precision):
                     v, a = model(video, audio)
                 z_v.append(v.float().cpu()); z_a.append(a.float().cpu())
                 asked = np.array(items[i * batch_size:(i + 1) * batch_size])

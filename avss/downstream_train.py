@@ -7,10 +7,8 @@ __all__ = ['RECIPES', 'resolve_checkpoint', 'load_encoder', 'make_protocol', 'fi
            'linear_probe']
 
 # %% ../nbs/11c_downstream_train.ipynb #c003
-import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,7 +18,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .core import get_device, seed_everything
+from .core import autocast, get_device, seed_everything
+from .optim import lr_factor, weight_decay_groups
 from .downstream_data import MODALITY, AudioProtocol, open_split, video_protocol
 from .downstream_eval import Classifier, DownstreamInputs, aggregate_views, collect_views, item_seeds
 from .models import AudioEncoder, VideoEncoder, get_preset, load_encoders
@@ -58,17 +57,8 @@ RECIPES = {
     'tiny':  dict(epochs=10, batch_size=8, lr_backbone=1e-2, lr_head=1e-2, weight_decay=1e-4, dropout=0.0),
 }
 
-def _autocast(precision: str, device: torch.device):
-    bf16 = precision == 'bf16' or (precision == 'auto' and device.type == 'cuda')
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-
 def _param_groups(model: Classifier, lr_backbone: float, lr_head: float, weight_decay: float) -> list:
-    groups = []
-    for part, lr in ((model.encoder, lr_backbone), (model.head, lr_head)):
-        decay = [p for p in part.parameters() if p.ndim > 1]
-        other = [p for p in part.parameters() if p.ndim <= 1]
-        groups += [dict(params=decay, lr=lr, weight_decay=weight_decay), dict(params=other, lr=lr, weight_decay=0.0)]
-    return groups
+    return weight_decay_groups(model.encoder, weight_decay, lr=lr_backbone) + weight_decay_groups(model.head, weight_decay, lr=lr_head)
 
 def _workers(n): return min(8, max(0, (os.cpu_count() or 1) - 1)) if n is None else n
 
@@ -98,7 +88,7 @@ def finetune(dataset_name: str, root, split: int = 1, checkpoint=None, epochs: i
     opt = torch.optim.AdamW(_param_groups(model, r['lr_backbone'], r['lr_head'], r['weight_decay']))
     bs = min(r['batch_size'], len(train_set))
     steps = r['epochs'] * (len(train_set) // bs)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, 0, steps))      # cosine, no warmup
     history = []
     for epoch in range(r['epochs']):
         train_set.set_epoch(epoch)
@@ -108,7 +98,7 @@ def finetune(dataset_name: str, root, split: int = 1, checkpoint=None, epochs: i
         if log: log(history[-1])
     model.eval()
     def model_fn(v):
-        with _autocast(precision, dev): return model(inputs(v.to(dev, non_blocking=True)))
+        with autocast(dev, precision): return model(inputs(v.to(dev, non_blocking=True)))
     res = _test(model_fn, test_set, bs, num_workers, progress)
     return dict(res, split=split, mode='finetune', train_files=len(train_set), test_files=len(test_set),
                 classes=len(train_set.classes), train_loss=history[-1]['loss'] if history else None,
@@ -131,7 +121,7 @@ def _train_epoch(model, inputs, opt, sched, loader, epoch, seed, precision, dev,
     for x, y, idx in tqdm(loader, desc=f'epoch {epoch}', disable=not progress, leave=False):
         y = y.to(dev)
         x = inputs(x.to(dev, non_blocking=True), train=True, seeds=item_seeds(seed, epoch, idx))
-        with _autocast(precision, dev): logits = model(x)
+        with autocast(dev, precision): logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
         if not torch.isfinite(loss): raise FloatingPointError(f'non-finite loss {loss.item()} in epoch {epoch}')
         opt.zero_grad(set_to_none=True)
@@ -189,7 +179,7 @@ def linear_probe(dataset_name: str, root, split: int = 1, checkpoint=None, batch
     model = Classifier(encoder, 1).to(dev).eval()
     inputs = _inputs(modality, protocol, encoder.preset).to(dev)
     def features(v):
-        with _autocast(precision, dev): return model.features(inputs(v.to(dev, non_blocking=True)))
+        with autocast(dev, precision): return model.features(inputs(v.to(dev, non_blocking=True)))
     train, test = [open_split(dataset_name, root, split, t, protocol, 'views', seed) for t in (True, False)]
     if not (len(train) and len(test)):
         raise ValueError(f'{dataset_name} split {split} in {root}: {len(train)} training and {len(test)} test files; need both')

@@ -5,23 +5,21 @@
 # %% auto #0
 __all__ = ['PRETRAIN_SPEC', 'RECIPES', 'MEMORY_GIB', 'CPU_SECONDS_PER_CLIP', 'MAY_CHANGE_ON_RESUME', 'FLAGS', 'GRADIENT_NOTE',
            'run_preset', 'auto_preset', 'resolve_params', 'Dist', 'init_distributed', 'InsufficientMemoryError',
-           'memory_needed', 'memory_free', 'check_memory', 'cpu_warning', 'lr_factor', 'make_optimizer',
-           'default_run_name', 'checkpoint_state', 'item_seed', 'SeededBatches', 'data_dir', 'synthetic_catalog',
-           'load_catalogs', 'scene_table', 'scene_fallback', 'build_loader', 'plot_loss', 'measure_heldout',
-           'build_model', 'total_steps', 'NonFiniteStepError', 'train_step', 'agree', 'StepHealth', 'open_run',
-           'TextProgress', 'pretrain', 'finish_run', 'parse_value', 'parse_cli', 'main']
+           'memory_needed', 'memory_free', 'check_memory', 'cpu_warning', 'default_run_name', 'checkpoint_state',
+           'item_seed', 'SeededBatches', 'data_dir', 'synthetic_catalog', 'load_catalogs', 'scene_table',
+           'scene_fallback', 'build_loader', 'plot_loss', 'measure_heldout', 'build_model', 'total_steps',
+           'NonFiniteStepError', 'train_step', 'agree', 'StepHealth', 'open_run', 'TextProgress', 'pretrain',
+           'finish_run', 'parse_value', 'parse_cli', 'main']
 
 # %% ../nbs/09_train.ipynb #c002
 import dataclasses
 import io
 import json
 import shutil
-import math
 import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -34,12 +32,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .catalog import Catalog
-from .core import (Param, ParamError, annotated, atomic_write_bytes, default_runs_dir, get_device, git_revision,
-                       is_bool, is_float, is_int, is_str, one_of, repo_root, seed_everything, validate_params)
+from .core import (Param, ParamError, annotated, atomic_write_bytes, autocast, default_runs_dir, get_device,
+                       git_revision, is_bool, is_float, is_int, is_str, one_of, repo_root, seed_everything, uses_bf16,
+                       validate_params)
 from .datasets import SnippetDataset, substitute
 from .discrepancy import heldout_measures
 from .losses import nce_loss
 from .models import AVModel, get_preset, save_encoders
+from .optim import lr_factor, make_optimizer
 from .samplers import make_sampler
 from .segment import SnippetGrid, prepare
 from .sync_bn import convert_sync_batchnorm
@@ -167,7 +167,7 @@ class InsufficientMemoryError(MemoryError):
     "The per-rank batch does not fit the device."
 
 def _precision(p: dict, d: Dist) -> str:
-    return 'bf16' if p['precision'] == 'bf16' or (p['precision'] == 'auto' and d.device.type == 'cuda') else 'fp32'
+    return 'bf16' if uses_bf16(d.device, p['precision']) else 'fp32'
 
 def memory_needed(p: dict, d: Dist) -> tuple[float, float, float]:
     "(estimated GiB, fixed GiB, GiB per clip) of one rank's training step."
@@ -207,21 +207,7 @@ def cpu_warning(p: dict, d: Dist) -> str | None:
     return (f"warning: the paper preset on a CPU takes about {s / 60:.0f} minutes a step at batch {p['batch_size']} "
             f"({CPU_SECONDS_PER_CLIP['paper']:.0f} s a clip on two cores); -p preset tiny is the CPU-sized model")
 
-# %% ../nbs/09_train.ipynb #c015
-def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    "Linear warmup from 0 to 1 over `warmup_steps`, then cosine decay to 0 at `total_steps`."
-    if step < warmup_steps: return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-def make_optimizer(model, lr: float, weight_decay: float):
-    "AdamW with weight decay on weights only (not on biases and normalisation parameters); fused (see the loop)."
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
-    return torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay},
-                              {'params': no_decay, 'weight_decay': 0.0}], lr=lr, betas=(0.9, 0.999), fused=True)
-
-# %% ../nbs/09_train.ipynb #c018
+# %% ../nbs/09_train.ipynb #c016
 MAY_CHANGE_ON_RESUME = {'resume', 'num_workers', 'device', 'runs_dir', 'log_every', 'eval_every', 'keep_every',
                         'checkpoint_every', 'eval_titles', 'skip_nonfinite'}
 
@@ -240,7 +226,7 @@ def _unwrap(model):
     model = getattr(model, 'module', model)
     return getattr(model, '_orig_mod', model)
 
-# %% ../nbs/09_train.ipynb #c020
+# %% ../nbs/09_train.ipynb #c018
 def item_seed(seed: int, epoch: int, batch: int, position: int) -> int:
     "A 63-bit seed for one sample of one global batch."
     return int(np.random.SeedSequence([seed, epoch, batch, position]).generate_state(2, np.uint64)[0] >> np.uint64(1))
@@ -259,7 +245,7 @@ class SeededBatches:
     def _stand_in(self, n: int, m: int) -> tuple[int, int]:
         return substitute(n, m, self.broken, self.sampler.counts) if n in self.broken else (n, m)
 
-# %% ../nbs/09_train.ipynb #c023
+# %% ../nbs/09_train.ipynb #c021
 def data_dir() -> Path:
     "`data/` at the repository root (`./data` outside a checkout); created on demand."
     return (repo_root() or Path.cwd())/'data'
@@ -310,7 +296,7 @@ def build_loader(cat, p: dict, preset, d: Dist, train: bool = True):
                         prefetch_factor=4 if workers else None, worker_init_fn=LoaderSignals() if workers else None)
     return loader, sampler
 
-# %% ../nbs/09_train.ipynb #c025
+# %% ../nbs/09_train.ipynb #c023
 def plot_loss(run_dir, ax=None, save: bool = True):
     "The training loss curve of a run (saved as loss.png in the run directory)."
     import matplotlib.pyplot as plt     # here, not at the top: plotting alone needs it, and it is a slow import
@@ -325,14 +311,14 @@ def plot_loss(run_dir, ax=None, save: bool = True):
         atomic_write_bytes(Path(run_dir)/'loss.png', buf.getvalue())
     return ax
 
-# %% ../nbs/09_train.ipynb #c027
+# %% ../nbs/09_train.ipynb #c025
 def measure_heldout(model, held, p: dict, preset, d: Dist) -> dict:
     "The held-out measures of `model` on catalog `held` (rank 0 only; {} without held-out titles)."
     if held is None or len(held) == 0 or not d.main: return {}
     return heldout_measures(_unwrap(model), held, preset, snippets_per_title=p['eval_snippets'],
                             titles=p['eval_titles'], seed=p['split_seed'], device=d.device)
 
-# %% ../nbs/09_train.ipynb #c029
+# %% ../nbs/09_train.ipynb #c027
 def build_model(p: dict, d: Dist):
     "AVModel of the preset on the device, with SyncBatchNorm, channels-last, DDP and compile as asked."
     seed_everything(p['seed'])          # the same initial weights on every rank (DDP also broadcasts rank 0's)
@@ -356,10 +342,6 @@ def total_steps(p: dict, steps_per_epoch: int) -> int:
     "max_steps, or epochs x steps per epoch."
     return p['max_steps'] if p['max_steps'] is not None else max(1, int(round(p['epochs'] * steps_per_epoch)))
 
-def _autocast(p, d):
-    bf16 = p['precision'] == 'bf16' or (p['precision'] == 'auto' and d.device.type == 'cuda')
-    return torch.autocast(d.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-
 class NonFiniteStepError(FloatingPointError):
     "A training step whose loss, embeddings or gradients hold NaN or infinity (beyond the steps `skip_nonfinite` allows)."
 
@@ -382,7 +364,7 @@ def train_step(model, optimizer, batch, p: dict, d: Dist) -> tuple[torch.Tensor,
     video, audio = to_model_inputs(batch, d.device, train=True, sigma=p['sigma'], spec_drop=p['spec_drop'])
     if p['channels_last'] and d.device.type == 'cuda':
         video, audio = video.contiguous(memory_format=torch.channels_last_3d), audio.contiguous(memory_format=torch.channels_last)
-    with _autocast(p, d):
+    with autocast(d.device, p['precision']):
         z_v, z_a = model(video, audio)
     loss = nce_loss(z_v.float(), z_a.float(), normalize=p['normalize'], tau=p['tau'] if p['normalize'] else None,
                     check_finite=False)
@@ -429,7 +411,7 @@ class StepHealth:
         return dict(loss=values[0], updated=int(values[1]), skipped=int(values[2]), first_bad=int(values[3]),
                     flags=[v > 0 for v in values[4:]])
 
-# %% ../nbs/09_train.ipynb #c032
+# %% ../nbs/09_train.ipynb #c030
 def _describe(flags: list[bool]) -> str:
     what = ', '.join(name for name, bad in zip(FLAGS[:-1], flags) if bad)
     return what + (f' ({GRADIENT_NOTE})' if any(flags[3:5]) else '')
@@ -508,7 +490,7 @@ def _record_failures(batch: dict, cat, broken: set, run_path: Path, step: int):
             rec = RunDir(run_path).quarantine_title(cat.df['title_id'].iloc[f['title']], f['file'], f['reason'], step)
             print(f"quarantined title {rec['title_id']} at step {step}: {rec['file']}: {rec['reason']}", file=sys.stderr)
 
-# %% ../nbs/09_train.ipynb #c033
+# %% ../nbs/09_train.ipynb #c031
 def pretrain(params: dict, progress: bool = True) -> Path:
     "Pretrain with `params` (see PRETRAIN_SPEC); returns the run directory. Resumable; works under torchrun."
     p = resolve_params(params)
@@ -570,7 +552,7 @@ def pretrain(params: dict, progress: bool = True) -> Path:
         if log is not None: log.close()
         if rd is not None: rd.close()
 
-# %% ../nbs/09_train.ipynb #c034
+# %% ../nbs/09_train.ipynb #c032
 def _train(model, optimizer, scheduler, loader, sampler, log, stop, held_cat, p, preset, d, run_dir, rd, step, steps,
            progress):
     "The training loop, from `step` to `steps`."
@@ -633,7 +615,7 @@ def _log_window(window: dict, step: int, epoch: int, scheduler, p: dict, log, ba
     text.update(step, rec['loss'], rec['clips_per_s'])
     return dict(t0=time.perf_counter(), wait=0.0, steps=0, loss=0.0, updated=0)
 
-# %% ../nbs/09_train.ipynb #c035
+# %% ../nbs/09_train.ipynb #c033
 def finish_run(rd: RunDir, model, held, p: dict, preset, d: Dist, log: MetricsLog) -> dict:
     "Encoders, final held-out measures, summary.json and loss.png of a finished run."
     run_dir = rd.path
@@ -661,7 +643,7 @@ def finish_run(rd: RunDir, model, held, p: dict, preset, d: Dist, log: MetricsLo
     plt.close(plot_loss(run_dir).figure)
     return summary
 
-# %% ../nbs/09_train.ipynb #c037
+# %% ../nbs/09_train.ipynb #c035
 def parse_value(text: str):
     "A command-line value: an int or float when it reads as one (`16`, `1e-3`, `1e6`), else YAML (`all`, `true`, `null`)."
     for kind in (int, float):
@@ -692,6 +674,6 @@ def main(argv=None):
         sys.exit(STOPPED_EXIT)
     if int(os.environ.get('RANK', 0)) == 0: print(f'run directory: {run_dir}')
 
-# %% ../nbs/09_train.ipynb #c039
+# %% ../nbs/09_train.ipynb #c037
 if __name__ == '__main__' and 'get_ipython' not in globals():   # not when this notebook runs
     main()
