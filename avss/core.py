@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['seed_everything', 'get_device', 'uses_bf16', 'autocast', 'atomic_write_bytes', 'atomic_write_text',
            'atomic_write_json', 'atomic_torch_save', 'repo_root', 'default_runs_dir', 'ParamError', 'Param',
-           'annotated', 'is_int', 'is_float', 'is_bool', 'one_of', 'is_str', 'validate_params', 'parameters_source',
-           'notebook_params', 'papermill_output_path', 'copy_executed_notebook', 'git_revision']
+           'annotated', 'is_int', 'is_float', 'is_bool', 'one_of', 'is_str', 'is_resume', 'validate_params',
+           'parameters_source', 'notebook_params', 'papermill_output_path', 'copy_executed_notebook', 'git_revision']
 
 # %% ../nbs/00_core.ipynb #c002
 import difflib
@@ -156,6 +156,11 @@ def is_str(none_ok=False):
     "Check: a string (or None)."
     return annotated(lambda v: None if isinstance(v, str) or (v is None and none_ok) else f'must be a string, got {v!r}',
                      'Optional[str]' if none_ok else 'str')
+
+def is_resume():
+    "Check: how a run treats an existing run directory: True (continue it), False (refuse it) or 'auto'."
+    return annotated(lambda v: None if v == 'auto' or isinstance(v, bool) else f'must be True, False or "auto", got {v!r}',
+                     'Union[bool, str]')
 
 def validate_params(given: dict, spec: dict[str, Param], where: str = 'parameters') -> dict:
     "Defaults of `spec` updated with `given`; unknown names or failed checks raise `ParamError` naming them."

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .core import (Param, ParamError, atomic_write_json, atomic_write_text, default_runs_dir, git_revision,
-                       is_float, is_int, is_str, one_of, repo_root, validate_params)
+                       is_float, is_int, is_resume, is_str, one_of, repo_root, validate_params)
 from .rundir import RunDir
 from .downstream_data import (ESC50, HMDB51, HMDB_SPLITS, MODALITY, SPLITS, UCF101, AudioProtocol, VideoProtocol,
                                   open_split, ucf101_split, video_protocol)
@@ -35,9 +35,6 @@ def _is_split(v):
     if v == 'all': return None
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 5:
         return f'must be "all" or a split (fold) number 1-5, got {v!r}'
-
-def _is_resume(v):
-    return None if v == 'auto' or isinstance(v, bool) else f'must be True, False or "auto", got {v!r}'
 
 DOWNSTREAM_SPEC = {
     'dataset': Param('ucf101', one_of('ucf101', 'hmdb51', 'esc50', 'esc10'), 'downstream set (esc10: the ESC-10 rows of ESC-50)'),
@@ -66,7 +63,7 @@ DOWNSTREAM_SPEC = {
     'device': Param('auto', is_str(), '"auto" (cuda, then cpu), "cpu", "cuda", "cuda:1", ...'),
     'run_name': Param(None, is_str(none_ok=True), 'run directory name (None: made from the dataset, the mode and the time)'),
     'runs_dir': Param(None, is_str(none_ok=True), 'folder of run directories (None: runs/ at the repository root)'),
-    'resume': Param('auto', _is_resume, 'True: continue run_name; False: refuse an existing run; auto: continue it if it exists'),
+    'resume': Param('auto', is_resume(), 'True: continue run_name; False: refuse an existing run; auto: continue it if it exists'),
 }
 
 def resolve_downstream_params(given: dict) -> dict:

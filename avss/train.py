@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .catalog import Catalog
 from .core import (Param, ParamError, annotated, atomic_write_bytes, autocast, default_runs_dir, get_device,
-                       git_revision, is_bool, is_float, is_int, is_str, one_of, repo_root, seed_everything, uses_bf16,
+                       git_revision, is_bool, is_float, is_int, is_resume, is_str, one_of, repo_root, seed_everything, uses_bf16,
                        validate_params)
 from .datasets import SnippetDataset, substitute
 from .discrepancy import heldout_measures
@@ -55,10 +55,6 @@ def _is_window(v):
     if v is None or v == 'all': return None
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         return f'must be a positive integer or "all", got {v!r}'
-
-@partial(annotated, annotation='Union[bool, str]')
-def _is_resume(v):
-    return None if v in ('auto',) or isinstance(v, bool) else f'must be True, False or "auto", got {v!r}'
 
 PRETRAIN_SPEC = {
     'data': Param('synthetic', is_str(), 'catalog CSV (source or prepared titles), or "synthetic" for the bundled corpus'),
@@ -94,7 +90,7 @@ PRETRAIN_SPEC = {
     'eval_snippets': Param(16, is_int(2), 'snippets per held-out title for the measurements'),
     'run_name': Param(None, is_str(none_ok=True), 'run directory name under runs_dir (None: made from the parameters and the time)'),
     'runs_dir': Param(None, is_str(none_ok=True), 'folder of run directories (None: runs/ at the repository root)'),
-    'resume': Param('auto', _is_resume, 'True: continue run_name; False: refuse an existing run; auto: continue it if it exists'),
+    'resume': Param('auto', is_resume(), 'True: continue run_name; False: refuse an existing run; auto: continue it if it exists'),
     'device': Param('auto', is_str(), '"auto" (cuda, then cpu), "cpu", "cuda", "cuda:1", ...'),
     'deterministic': Param(False, is_bool(), 'deterministic algorithms (slower; used by the resume and torchrun tests)'),
     'skip_nonfinite': Param(0, is_int(0), 'steps with a non-finite loss or gradient skipped (no update) before the run stops'),
