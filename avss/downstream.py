@@ -21,7 +21,7 @@ import pandas as pd
 
 from .core import (Param, ParamError, atomic_write_json, atomic_write_text, default_runs_dir, git_revision,
                        is_float, is_int, is_resume, is_str, one_of, repo_root, validate_params)
-from .rundir import RunDir
+from .rundir import RunDir, read_metrics
 from .downstream_data import (ESC50, HMDB51, HMDB_SPLITS, MODALITY, SPLITS, UCF101, AudioProtocol, VideoProtocol,
                                   open_split, ucf101_split, video_protocol)
 from .downstream_eval import Classifier, aggregate_views, evaluate
@@ -199,8 +199,7 @@ def plot_downstream(run_dir):
     import matplotlib.pyplot as plt
     run_dir, res = Path(run_dir), read_results(run_dir)
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
-    metrics = run_dir/'metrics.jsonl'
-    m = pd.read_json(metrics, lines=True) if metrics.exists() and metrics.stat().st_size else pd.DataFrame()
+    m = pd.DataFrame(read_metrics(run_dir))
     if 'loss' in m:
         for s, g in m.groupby('split'): a.plot(g['epoch'], g['loss'], marker='o', label=f'split {s}')
         a.set(xlabel='epoch', ylabel='training loss', title='fine-tuning'); a.legend()
