@@ -128,7 +128,7 @@ class SnippetDataset(Dataset):
         "The item of snippet m of title n (no replacement on failure)."
         start = self.grid.start(n, m)
         try:
-            reader = self._reader(self.paths[n], aligned=self.fast_prepared and bool(self.mel_paths[n]))
+            reader = self._reader(self.paths[n], prepared=self.fast_prepared and bool(self.mel_paths[n]))
             video = self._crop(reader.video(start, self.grid.frames, self.grid.fps), rng)
             audio = None if self.mel_paths[n] else torch.from_numpy(reader.audio(start, self.grid.snippet_s, self.sample_rate))
         except _READ_ERRORS as e: raise SnippetReadError(self.paths[n], e) from None
@@ -159,11 +159,11 @@ class SnippetDataset(Dataset):
         else: i, j = (H - c) // 2, (W - c) // 2
         return torch.from_numpy(np.ascontiguousarray(x[:, i:i + c, j:j + c].transpose(3, 0, 1, 2)))
 
-    def _reader(self, path, aligned: bool = False) -> MediaReader:
+    def _reader(self, path, prepared: bool = False) -> MediaReader:
         self._own_readers()
         if path in self._readers: self._readers.move_to_end(path)
         else:
-            self._readers[path] = MediaReader(path, self.short_side, self.num_threads, aligned)
+            self._readers[path] = MediaReader(path, self.short_side, self.num_threads, prepared)
             while len(self._readers) > self.cache: self._readers.popitem(last=False)[1].close()
         return self._readers[path]
 

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from .decode import MediaReader, iter_audio
+from .decode import iter_audio, open_video
 from .models import get_preset
 
 # %% ../nbs/11a_downstream_data.ipynb #c006
@@ -136,7 +136,7 @@ class VideoClips(ClipDataset):
 
     def random_clip(self, path, rng) -> torch.Tensor:
         p = self.protocol
-        with MediaReader(path, short_side=int(rng.integers(p.jitter[0], p.jitter[1] + 1))) as r:
+        with open_video(path, short_side=int(rng.integers(p.jitter[0], p.jitter[1] + 1))) as r:
             start = int(rng.integers(0, max(0, grid_frames(r.timestamps, p.fps) - p.frames) + 1))
             x = r.video(start / p.fps, p.frames, p.fps)                # [T, H, W, 3]
         i, j = (int(rng.integers(0, s - p.crop + 1)) for s in x.shape[1:3])
@@ -144,7 +144,7 @@ class VideoClips(ClipDataset):
 
     def test_views(self, path) -> torch.Tensor:
         p = self.protocol
-        with MediaReader(path, short_side=p.test_short_side) as r:
+        with open_video(path, short_side=p.test_short_side) as r:
             x = r.video(0.0, grid_frames(r.timestamps, p.fps), p.fps)
         return video_views(x, p.frames, p.clips, p.crop, p.crops)
 

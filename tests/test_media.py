@@ -6,11 +6,13 @@ the whole audio track in one go (resampled once with torchaudio).
 import shutil
 from pathlib import Path
 
+import decord
 import numpy as np
 import pytest
 
 from avss.catalog import Catalog, ProbeError, open_media, probe
-from avss.decode import DecodeError, MediaReader, frame_indices, read_snippet, read_track
+from avss.decode import (AudioReader, DecodeError, DecordReader, MediaReader, PreparedReader, SequentialReader,
+                         frame_indices, open_video, read_snippet, read_track)
 
 MEDIA = Path(__file__).resolve().parent.parent.parent/'shared'/'media'
 pytestmark = [pytest.mark.media,
@@ -68,8 +70,8 @@ def test_frame_timing(name):
     frames, ts = pyav_frames(MEDIA/name)
     rng = np.random.default_rng(0)
     with MediaReader(MEDIA/name) as r:
-        if r.timestamps is not None and r._in_order:  # AVI with packed B-frames: no usable timestamps, frames in order
-            ts = np.arange(len(frames)) / float(r.vr.get_avg_fps())
+        if isinstance(r.video_reader, SequentialReader):  # AVI with packed B-frames: no usable timestamps, frames in order
+            ts = np.arange(len(frames)) / float(decord.VideoReader(str(MEDIA/name)).get_avg_fps())
         for start in rng.uniform(0, ts[-1] + 0.5, 6):
             video = r.video(start, 16, 5)
             assert video.shape == (16, *frames.shape[1:]) and video.dtype == np.uint8
@@ -77,6 +79,25 @@ def test_frame_timing(name):
             err = [np.abs(v.astype(np.int16) - frames[i]).mean() for v, i in zip(video, want)]
             assert max(err) < 0.5, (start, err)
 
+
+
+SEQUENTIAL = ['torchvision/RATRACE_wave_f_nm_np1_fr_goo_37.avi', 'torchvision/SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0.avi',
+              'torchvision/TrumanShow_wave_f_nm_np1_fr_med_26.avi',
+              'torchvision/hmdb51_Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi']
+
+
+@pytest.mark.parametrize('name', WITH_AUDIO + NO_AUDIO)
+def test_one_path_per_file(name):
+    "The video path is chosen when the file opens: decord where it can seek, in order where it cannot; read as a"
+    "prepared title (none of these is one: not 5 fps), a file is handed over to that same path."
+    with open_video(MEDIA/name) as r, open_video(MEDIA/name, prepared=True) as p:
+        assert type(r) is (SequentialReader if name in SEQUENTIAL else DecordReader)
+        assert type(p.reader) is PreparedReader and not p.handed_over
+        assert np.array_equal(p.video(1.0, 16, 5), r.video(1.0, 16, 5))
+        assert p.handed_over and type(p.reader) is type(r)
+    if name in NO_AUDIO:
+        with pytest.raises(DecodeError, match=f'{Path(name).name}: no audio stream'):
+            AudioReader(MEDIA/name)
 
 def test_frame_timing_odd_rate_is_not_floor():
     "At 19.62 fps the nearest frame often differs from the one at or before the target: the check above can fail."
