@@ -121,7 +121,7 @@ def _source_catalog(a):
 def run_prepare(a) -> int:
     import logging
     from avss.core import ParamError
-    from avss.segment import merge_prepared, prepare, verify_prepared
+    from avss.prepare import merge_prepared, prepare, verify_prepared
     if not (a.merge or a.verify or a.catalog or a.media): raise ParamError('give --catalog or --media (or --merge, --verify)')
     if a.meta and not a.media: raise ParamError('--meta goes with --media')
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')

@@ -27,7 +27,8 @@ from .decode import DecodeError
 from .discrepancy_runs import load_run_model
 from .downstream_train import resolve_checkpoint
 from .models import AVModel, _unwrap, load_encoders
-from .segment import SnippetGrid, title_slug
+from .prepare import title_slug
+from .segment import SnippetGrid
 from .transforms import LogMel, VideoEval, to_model_inputs
 
 # %% ../nbs/15_embed.ipynb #c006

@@ -40,8 +40,9 @@ from .discrepancy import heldout_measures
 from .losses import nce_loss
 from .models import AVModel, get_preset, save_encoders
 from .optim import lr_factor, make_optimizer
+from .prepare import prepare
 from .samplers import make_sampler
-from .segment import SnippetGrid, prepare
+from .segment import SnippetGrid
 from .sync_bn import convert_sync_batchnorm
 from .synth import make_corpus
 from .transforms import to_model_inputs

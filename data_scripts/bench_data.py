@@ -107,9 +107,11 @@ def main(argv=None):
     ap.add_argument('--work-dir', type=Path, default=None, help='keep the files here (default: a temporary folder)')
     args = ap.parse_args(argv)
 
-    from avss.catalog import Catalog, write_clip
+    from avss.catalog import Catalog
     from avss.datasets import SnippetDataset
-    from avss.segment import SnippetGrid, prepare
+    from avss.prepare import prepare
+    from avss.segment import SnippetGrid
+    from avss.testing import write_clip
     torch.set_num_threads(1)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix='bench_data_'))
     work.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """Prepare titles once for fast random snippets: video at the snippet rate and training size with a keyframe
-at every snippet start, audio as a memory-mapped log-mel spectrogram (see `avss.segment.prepare`).
+at every snippet start, audio as a memory-mapped log-mel spectrogram (see `avss.prepare.prepare`).
 
     # a catalog CSV (from `avss catalog` / data_scripts/catalog.py, avss.synth, or your own)
     avss prepare --catalog media/catalog.csv --out data/prepared

@@ -6,7 +6,7 @@ import pytest
 def small_catalog(tmp_path_factory):
     "Catalog CSV of 6 synthetic titles of 30 s (one show of 3 episodes and 3 movies), prepared at short side 76."
     from avss.synth import make_corpus
-    from avss.segment import prepare
+    from avss.prepare import prepare
     root = tmp_path_factory.mktemp('corpus')
     cat = make_corpus(root/'corpus', titles=6, minutes=0.5, shows=1, episodes=3, progress=False)
     prepared, report = prepare(cat, root/'prepared', short_side=76, progress=False)

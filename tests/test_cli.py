@@ -116,7 +116,8 @@ def test_data_scripts_are_the_commands(capsys, command):
 
 
 def test_catalog(capsys, tmp_path):
-    from avss.catalog import Catalog, write_clip
+    from avss.catalog import Catalog
+    from avss.testing import write_clip
     write_clip(tmp_path/'media'/'a.mp4', seconds=4, size=(96, 64))
     write_clip(tmp_path/'media'/'b.mp4', seconds=4, size=(96, 64), audio=False)
     rc, out, _ = run(capsys, 'catalog', str(tmp_path/'media'), '--out', str(tmp_path/'catalog.csv'))
@@ -126,7 +127,8 @@ def test_catalog(capsys, tmp_path):
 
 
 def test_prepare_then_verify(capsys, tmp_path):
-    from avss.catalog import Catalog, write_clip
+    from avss.catalog import Catalog
+    from avss.testing import write_clip
     write_clip(tmp_path/'media'/'a.mp4', seconds=7, size=(96, 64))
     write_clip(tmp_path/'media'/'b.mp4', seconds=4, size=(96, 64), audio=False)
     out = tmp_path/'prepared'

@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from avss.catalog import Catalog, write_clip
+from avss.catalog import Catalog
 from avss.datasets import SnippetDataset
 from avss.decode import MediaReader, _resize, open_mel, read_mel, read_snippet
-from avss.segment import SnippetGrid, merge_prepared, prepare, title_slug
+from avss.prepare import merge_prepared, prepare, title_slug
+from avss.segment import SnippetGrid
+from avss.testing import write_clip
 from avss.transforms import LogMel, to_model_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
