@@ -1,12 +1,12 @@
 """Encoders at the paper's input sizes, and the encoder checkpoint format."""
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
 from torch import nn
 
-from avss.models import (PRESETS, AVModel, AudioEncoder, Preset, VideoEncoder, load_audio_encoder, load_encoders,
-                         load_video_encoder, save_encoders)
+from avss.models import (PRESETS, AVModel, AudioEncoder, BatchNorm3dAs2d, Conv3dAs2d, Preset, VideoEncoder,
+                         conv_form_errors, load_audio_encoder, load_encoders, load_video_encoder, save_encoders)
 
 
 @pytest.fixture(autouse=True)
@@ -116,3 +116,48 @@ def test_wrong_files_are_named(tmp_path):
         load_encoders(tmp_path/'list.pt')
     with pytest.raises(TypeError, match='expected an AVModel'):
         save_encoders(nn.Linear(2, 2), tmp_path/'x.pt')
+
+
+# ---- the two conv forms of f (issue 19): same parameters, same function
+
+@pytest.mark.parametrize('preset, shape, channels_last', [
+    ('tiny', None, False), ('tiny', (2, 3, 7, 32, 32), True), ('paper', (1, 3, 8, 32, 32), False)])
+def test_conv_forms_compute_the_same_function(preset, shape, channels_last):
+    e = conv_form_errors(preset, shape, dtype=torch.float64, channels_last=channels_last)['2d vs 3d']
+    assert max(e.values()) < 1e-10, e
+    e = conv_form_errors(preset, shape, channels_last=channels_last)['2d vs 3d']  # float32 (see the models chapter)
+    assert max(e['output'], e['running_stats']) < 1e-3 and max(e['input_grad'], e['param_grad']) < 0.1, e
+
+
+@pytest.mark.parametrize('conv', ['2d', '3d'])
+def test_conv_forms_have_torchvision_parameters(conv):
+    from torchvision.models.video import r2plus1d_18
+    tv = {k: v for k, v in r2plus1d_18(weights=None).state_dict().items() if not k.startswith('fc.')}
+    f = VideoEncoder(replace(PRESETS['paper'], conv=conv))
+    assert [(k, v.shape) for k, v in f.state_dict().items()] == [(k, v.shape) for k, v in tv.items()]
+    assert [(k, p.shape) for k, p in f.named_parameters()] == [(k, tv[k].shape) for k, _ in f.named_parameters()]
+    kinds = {type(m) for m in f.modules() if isinstance(m, (nn.Conv3d, nn.BatchNorm3d))}
+    assert kinds == ({Conv3dAs2d, BatchNorm3dAs2d} if conv == '2d' else {nn.Conv3d, nn.BatchNorm3d})
+
+
+def test_checkpoints_load_into_either_form(tmp_path):
+    model = AVModel(replace(PRESETS['tiny'], conv='3d'))
+    save_encoders(model, tmp_path/'enc.pt')
+    ckpt = torch.load(tmp_path/'enc.pt', weights_only=True)
+    assert ckpt['preset']['conv'] == '3d'
+    del ckpt['preset']['conv']                       # a checkpoint written before `conv` existed
+    torch.save(ckpt, tmp_path/'old.pt')
+    f, _, _ = load_encoders(tmp_path/'old.pt')
+    assert f.preset == PRESETS['tiny'] and f.preset.conv == '2d'
+    assert isinstance(f.stem[0], Conv3dAs2d)
+    _same_state(f, model.video_encoder)
+    v = torch.randn(PRESETS['tiny'].video_shape(2))
+    with torch.no_grad():
+        torch.testing.assert_close(f.eval()(v), model.video_encoder.eval()(v), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+def test_conv_forms_agree_in_bf16_on_a_gpu():
+    e = conv_form_errors('paper', (4, 3, 16, 112, 112), device='cuda', autocast=torch.bfloat16, channels_last=True)
+    for k in ('output', 'input_grad', 'param_grad'):
+        assert e['2d vs float32'][k] <= 2 * e['3d vs float32'][k] + 0.01, (k, e)

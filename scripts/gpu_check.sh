@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Issue 19's GPU check, one command, about 8 minutes on one H100/H200; it downloads nothing.
+#
+#   1. bf16 equivalence of the two conv forms of the video encoder (paper widths, 4 x 3x16x112x112, channels-last);
+#   2. model-only clips/s of the paper preset at batch 128 (bf16 autocast, channels-last), both conv forms, eager;
+#   3. the training loader alone and end to end (2-D form) on a synthetic corpus made and prepared on the spot;
+#   4. both forms under torch.compile: default, reduce-overhead, then max-autotune, while the time budget lasts.
+#
+# It prints a table as it goes and rewrites the section "GPU check of issue 19" of docs/benchmarks.md after each
+# row; with $OUT set, the log and that file are copied there.
+#
+# A bare GPU machine may have torch, torchvision, torchaudio, pandas and tqdm but not PyAV or decord, which the data path
+# needs. Fetch their wheels beside the repository first (.whl/ is ignored by git) and carry `.whl` with the run:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     --platform manylinux2010_x86_64 -d .whl av==18.1.0 decord==0.6.0
+# Without them the data-path rows are skipped. BUDGET_S (default 420) bounds what starts; extra arguments go to
+# `python -m avss.bench --gpu-check` (e.g. --steps 50, --workers 15).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+pipeline=--pipeline
+python3 -c 'import av, decord' 2>/dev/null || { echo 'PyAV or decord is missing: the data-path rows are skipped'; pipeline=--no-pipeline; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+workers=$(( $(nproc) > 1 ? $(nproc) - 1 : 1 ))
+timeout $(( ${BUDGET_S:-420} + 60 )) python3 -m avss.bench --gpu-check --budget-s "${BUDGET_S:-420}" --workers "$workers" \
+  $pipeline "$@" 2>&1 | tee ${OUT:+"$OUT/gpu_check.log"}
+rc=${PIPESTATUS[0]}
+if [ -n "${OUT:-}" ]; then cp docs/benchmarks.md "$OUT/benchmarks.md"; fi
+exit "$rc"
