@@ -66,7 +66,7 @@ def resolve_runs(runs, runs_dir=None) -> list[Path]:
 # %% ../nbs/10a_discrepancy_runs.ipynb #c008
 def load_run_model(run_dir, device=None):
     "(AVModel with the weights of the run's newest readable checkpoint on `device`, the run's params, the checkpoint's step)."
-    from avss.models import AVModel, Preset, get_preset
+    from avss.models import AVModel, Preset, get_preset, strip_wrapper_prefixes
     run_dir = Path(run_dir)
     ckpt, path = RunDir(run_dir).load_latest()        # weights_only: a checkpoint never runs code
     if ckpt is None: raise FileNotFoundError(f'{run_dir}: no checkpoint at {run_dir/"checkpoints"/"last.pt"}')
@@ -75,10 +75,7 @@ def load_run_model(run_dir, device=None):
     params = json.loads((run_dir/'params.json').read_text())
     p = ckpt.get('preset', params.get('preset'))
     preset = get_preset(p) if isinstance(p, str) else Preset.from_dict(p, where=f'{path}: preset')
-    state = {}
-    for k, v in ckpt['model'].items():
-        while k.startswith(('module.', '_orig_mod.')): k = k.split('.', 1)[1]
-        state[k] = v
+    state = strip_wrapper_prefixes(ckpt['model'])
     model = AVModel(preset)
     try: model.load_state_dict(state)
     except RuntimeError as e: raise ValueError(f'{path}: the weights do not fit an AVModel of preset {preset.name!r}: {e}') from None
@@ -133,7 +130,7 @@ def measure_run(run_dir, data: str | None = None, snippets_per_title: int = 16, 
     if fig is not None: plt.close(fig)
     return out
 
-# %% ../nbs/10a_discrepancy_runs.ipynb #c020
+# %% ../nbs/10a_discrepancy_runs.ipynb #c011
 def measure_runs(run_dirs, data: str | None = None, snippets_per_title: int = 16, seed: int = 0, device=None,
                  batch_size: int = 32, num_workers: int | None = None, progress: bool = True) -> dict:
     "`measure_run` on each run that has a checkpoint, {run directory: measures}; the others are named and skipped."
@@ -149,7 +146,7 @@ def measure_runs(run_dirs, data: str | None = None, snippets_per_title: int = 16
         print(f"{d.name}: measured at step {measured[d]['step']} → {d/'discrepancy.json'}, {d/'similarities.png'}")
     return measured
 
-# %% ../nbs/10a_discrepancy_runs.ipynb #c011
+# %% ../nbs/10a_discrepancy_runs.ipynb #c014
 def run_measures(run_dir) -> tuple[dict, str | None]:
     "(measures, where from) of a run: discrepancy.json, else summary.json's `heldout`, else ({}, None)."
     for name, source in (('discrepancy.json', 'discrepancy'), ('summary.json', 'summary')):
@@ -175,7 +172,7 @@ def heldout_history(run_dir) -> pd.DataFrame:
     rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()] if f.is_file() else []
     return pd.DataFrame([r for r in rows if r.get('split') == 'heldout'])
 
-# %% ../nbs/10a_discrepancy_runs.ipynb #c013
+# %% ../nbs/10a_discrepancy_runs.ipynb #c016
 DESIGN_PARAMS = ('data', 'preset', 'k', 'w', 'sigma', 'normalize', 'tau', 'batch_size', 'max_steps', 'epochs', 'lr',
                  'heldout', 'split_seed')
 MEASURES = ('kl_neg_pos', 'kl_other_pos', 'kl_neg_other', 'gap', 'r1_within_a2v')

@@ -26,7 +26,7 @@ from .datasets import SnippetDataset
 from .decode import DecodeError
 from .discrepancy_runs import load_run_model
 from .downstream_train import resolve_checkpoint
-from .models import AVModel, _unwrap, load_encoders
+from .models import AVModel, load_encoders, load_heads, unwrap
 from .prepare import title_slug
 from .segment import SnippetGrid
 from .transforms import LogMel, VideoEval, to_model_inputs
@@ -43,7 +43,7 @@ class Embedder(nn.Module):
     @classmethod
     def from_model(cls, model, source: str = ''):
         "The encoders and heads of an AVModel (possibly wrapped in DDP or torch.compile); the weights are shared."
-        m = _unwrap(model)
+        m = unwrap(model)
         if not isinstance(m, AVModel): raise TypeError(f'expected an AVModel, got {type(m).__name__}')
         return cls(m.video_encoder, m.audio_encoder, m.video_head, m.audio_head, source)
 
@@ -70,7 +70,8 @@ def load_embedder(checkpoint) -> Embedder:
     in_run = last.is_file() and (run_dir/'params.json').is_file()
     if path == last: return Embedder.from_model(load_run_model(run_dir, 'cpu')[0], source=path)
     f, g, meta = load_encoders(path)
-    if in_run:
+    if heads := load_heads(path): return Embedder(f, g, *heads, source=path)
+    if in_run:                                     # an encoders.pt written before the heads were kept in it
         model, _, step = load_run_model(run_dir, 'cpu')
         if step == meta.get('step'): return Embedder(f, g, model.video_head, model.audio_head, source=path)
     warnings.warn(f'{path} holds the encoders but not the projection heads, and no checkpoints/last.pt of the same '

@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['PRESETS', 'FORMAT', 'VERSION', 'Preset', 'get_preset', 'Conv3dAs2d', 'BatchNorm3dAs2d', 'convs_as_2d', 'VideoEncoder',
-           'AudioEncoder', 'conv_form_errors', 'ProjectionHead', 'AVModel', 'count_params', 'forward_flops',
-           'save_encoders', 'load_encoders', 'load_video_encoder', 'load_audio_encoder']
+           'AudioEncoder', 'conv_form_errors', 'ProjectionHead', 'AVModel', 'count_params', 'forward_flops', 'unwrap',
+           'strip_wrapper_prefixes', 'save_encoders', 'load_encoders', 'load_heads', 'load_video_encoder',
+           'load_audio_encoder']
 
 # %% ../nbs/07_models.ipynb #c002
 import json
@@ -73,7 +74,7 @@ def get_preset(preset) -> Preset:
         raise ValueError(f'unknown model preset {preset!r}; choose one of {", ".join(map(repr, PRESETS))}')
     return PRESETS[preset]
 
-# %% ../nbs/07_models.ipynb #c037
+# %% ../nbs/07_models.ipynb #c009
 def _format(x):
     "The memory format a 5-D map is kept in: contiguous, or else channels_last_3d."
     return torch.contiguous_format if x.is_contiguous() else torch.channels_last_3d
@@ -98,7 +99,7 @@ def _rel(a, b) -> float:
     a, b = a.double(), b.double()
     return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
 
-# %% ../nbs/07_models.ipynb #c038
+# %% ../nbs/07_models.ipynb #c010
 class Conv3dAs2d(nn.Conv3d):
     "A Conv3d with kernel (1,k,k), (k,1,1) or 1x1x1, computed as a channels-last Conv2d on a view of its input."
     @staticmethod
@@ -128,7 +129,7 @@ class Conv3dAs2d(nn.Conv3d):
                      self.groups)  # [B, C', T', H*W]
         return y.unflatten(3, (H, W))
 
-# %% ../nbs/07_models.ipynb #c041
+# %% ../nbs/07_models.ipynb #c015
 class BatchNorm3dAs2d(nn.BatchNorm3d):
     "BatchNorm3d computed as BatchNorm2d on the [B, C, T, H·W] view of its input (the same statistics)."
     def _check_input_dim(self, x):
@@ -150,7 +151,7 @@ def convs_as_2d(module: nn.Module) -> nn.Module:
             m.__class__ = BatchNorm3dAs2d
     return module
 
-# %% ../nbs/07_models.ipynb #c009
+# %% ../nbs/07_models.ipynb #c019
 def _stage(block, inplanes, planes, blocks, stride, conv, bn, **kw):
     "One ResNet stage as torchvision's `_make_layer` builds it: a downsampling block, then `blocks - 1` plain ones."
     downsample = None
@@ -232,7 +233,7 @@ class AudioEncoder(_Net):
         x = self.maxpool(self.relu(self.bn1(self.conv1(self._input(x, 1, 'a log-mel spectrogram')))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))  # [B, C, F', T']
 
-# %% ../nbs/07_models.ipynb #c045
+# %% ../nbs/07_models.ipynb #c025
 def _fwd_bwd(f, x, autocast=None) -> dict:
     "Output, input gradient, parameter gradients and running statistics after one training-mode forward and backward."
     x = x.clone().requires_grad_()
@@ -264,7 +265,7 @@ def conv_form_errors(preset='tiny', shape=None, device='cpu', dtype=torch.float3
         errors |= {f'{k} vs {str(dtype)[6:]}': _differences(runs[k], runs['exact']) for k in ('2d', '3d')}
     return errors
 
-# %% ../nbs/07_models.ipynb #c015
+# %% ../nbs/07_models.ipynb #c032
 class ProjectionHead(_Net):
     "h: 1x1 conv -> BatchNorm -> ReLU -> 1x1 conv on a [B, C, ...] feature map, then global average pooling -> [B, dim]."
     def __init__(self, in_channels: int, dim: int = 512, spatial_dims: int = 3, hidden: int | None = None):
@@ -281,7 +282,7 @@ class ProjectionHead(_Net):
         x = self._input(x, self.in_channels, 'a feature map')
         return self.net(x).flatten(2).mean(2)  # [B, dim]
 
-# %% ../nbs/07_models.ipynb #c018
+# %% ../nbs/07_models.ipynb #c035
 class AVModel(nn.Module):
     "f, g and the heads h_f, h_g: forward(video [B,3,T,H,W], audio [B,1,F,T]) -> (z_v [B,dim], z_a [B,dim])."
     def __init__(self, preset='paper', dim: int = 512, hidden: int | None = None):
@@ -302,7 +303,7 @@ class AVModel(nn.Module):
         for m in (self.video_encoder, self.video_head, self.audio_encoder, self.audio_head): m.channels_last(enable)
         return self
 
-# %% ../nbs/07_models.ipynb #c024
+# %% ../nbs/07_models.ipynb #c041
 def count_params(module: nn.Module) -> int:
     "Number of parameters of `module`."
     return sum(p.numel() for p in module.parameters())
@@ -314,29 +315,38 @@ def forward_flops(module: nn.Module, *shapes) -> int:
         module(*[torch.empty(s, device=device) for s in shapes])
     return counter.get_total_flops()
 
-# %% ../nbs/07_models.ipynb #c030
+# %% ../nbs/07_models.ipynb #c047
 FORMAT, VERSION = 'avss.encoders', 1
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    "The AVModel inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."
+def unwrap(model: nn.Module) -> nn.Module:
+    "The model inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers, however deep."
     inner = getattr(model, 'module', None)
     if inner is None: inner = getattr(model, '_orig_mod', None)
-    return model if inner is None else _unwrap(inner)
+    return model if inner is None else unwrap(inner)
+
+def strip_wrapper_prefixes(state: dict) -> dict:
+    "A state dict saved from a DDP- or torch.compile-wrapped model with its `module.` / `_orig_mod.` prefixes dropped."
+    out = {}
+    for k, v in state.items():
+        while k.startswith(('module.', '_orig_mod.')): k = k.split('.', 1)[1]
+        out[k] = v
+    return out
 
 def _cpu_state(module: nn.Module) -> dict:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 def save_encoders(model: nn.Module, path, **meta) -> Path:
     "Write the encoders f, g of `model` (an AVModel, possibly wrapped) and `meta` (JSON-like) to `path`, atomically."
-    m = _unwrap(model)
+    m = unwrap(model)
     if not isinstance(m, AVModel): raise TypeError(f'save_encoders: expected an AVModel, got {type(m).__name__}')
     try: meta = json.loads(json.dumps(meta, default=_json_default))
     except TypeError as e: raise TypeError(f'save_encoders: meta must be JSON-like (numbers, strings, lists, dicts): {e}') from None
     ckpt = dict(format=FORMAT, version=VERSION, preset=asdict(m.preset), video_encoder=_cpu_state(m.video_encoder),
-                audio_encoder=_cpu_state(m.audio_encoder), meta=meta)
+                audio_encoder=_cpu_state(m.audio_encoder), video_head=_cpu_state(m.video_head),
+                audio_head=_cpu_state(m.audio_head), meta=meta)
     return atomic_torch_save(ckpt, path)
 
-# %% ../nbs/07_models.ipynb #c031
+# %% ../nbs/07_models.ipynb #c048
 def _read(path) -> dict:
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f'encoder checkpoint {path} does not exist')
@@ -348,10 +358,7 @@ def _read(path) -> dict:
 
 def _split_training_checkpoint(ckpt: dict, path) -> tuple[dict, dict, dict]:
     "Encoder state dicts and meta from a training checkpoint's `model` (an AVModel state dict)."
-    state = {}
-    for k, v in ckpt['model'].items():
-        while k.startswith(('module.', '_orig_mod.')): k = k.split('.', 1)[1]
-        state[k] = v
+    state = strip_wrapper_prefixes(ckpt['model'])
     parts = {p: {k[len(p) + 1:]: v for k, v in state.items() if k.startswith(p + '.')}
              for p in ('video_encoder', 'audio_encoder')}
     if not all(parts.values()):
@@ -381,6 +388,15 @@ def load_encoders(path) -> tuple[VideoEncoder, AudioEncoder, dict]:
     preset = get_preset(p) if isinstance(p, str) else Preset.from_dict(p, where=f'{path}: preset')
     return (_load_state(VideoEncoder(preset), video, path, 'video encoder'),
             _load_state(AudioEncoder(preset), audio, path, 'audio encoder'), meta)
+
+def load_heads(path) -> tuple[ProjectionHead, ProjectionHead] | None:
+    "The projection heads (h_f, h_g) of an encoder checkpoint that holds them (written since heads were kept), else None."
+    ckpt = _read(path)
+    if ckpt.get('format') != FORMAT or 'video_head' not in ckpt: return None
+    p = ckpt['preset']
+    model = AVModel(get_preset(p) if isinstance(p, str) else Preset.from_dict(p, where=f'{path}: preset'))
+    return (_load_state(model.video_head, ckpt['video_head'], path, 'video head'),
+            _load_state(model.audio_head, ckpt['audio_head'], path, 'audio head'))
 
 def load_video_encoder(path) -> VideoEncoder:
     "The video encoder f of a checkpoint (see `load_encoders`)."

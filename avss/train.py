@@ -38,7 +38,7 @@ from .core import (Param, ParamError, annotated, atomic_write_bytes, autocast, d
 from .datasets import SnippetDataset, substitute
 from .discrepancy import heldout_measures
 from .losses import nce_loss
-from .models import AVModel, get_preset, save_encoders
+from .models import AVModel, get_preset, save_encoders, unwrap
 from .optim import lr_factor, make_optimizer
 from .prepare import prepare
 from .samplers import make_sampler
@@ -215,13 +215,8 @@ def default_run_name(p: dict) -> str:
 def checkpoint_state(step: int, model, optimizer, scheduler, sampler_state: dict, p: dict) -> dict:
     "Everything a run continues from, as tensors and plain values."
     return {'format': 'avss.pretrain', 'version': 2, 'step': step, 'params': p, 'preset': dataclasses.asdict(run_preset(p)),
-            'model': _unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
+            'model': unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
             'scheduler': scheduler.state_dict(), 'scaler': None, 'sampler': sampler_state, 'rng': rng_states()}
-
-def _unwrap(model):
-    "The plain module inside DDP and torch.compile wrappers."
-    model = getattr(model, 'module', model)
-    return getattr(model, '_orig_mod', model)
 
 # %% ../nbs/09_train.ipynb #c018
 def item_seed(seed: int, epoch: int, batch: int, position: int) -> int:
@@ -312,7 +307,7 @@ def plot_loss(run_dir, ax=None, save: bool = True):
 def measure_heldout(model, held, p: dict, preset, d: Dist) -> dict:
     "The held-out measures of `model` on catalog `held` (rank 0 only; {} without held-out titles)."
     if held is None or len(held) == 0 or not d.main: return {}
-    return heldout_measures(_unwrap(model), held, preset, snippets_per_title=p['eval_snippets'],
+    return heldout_measures(unwrap(model), held, preset, snippets_per_title=p['eval_snippets'],
                             titles=p['eval_titles'], seed=p['split_seed'], device=d.device)
 
 # %% ../nbs/09_train.ipynb #c027
@@ -323,12 +318,8 @@ def build_model(p: dict, d: Dist):
     if p['sync_bn'] and d.distributed:
         model = convert_sync_batchnorm(model, d.device)
     model = model.to(d.device)
-    if p['channels_last'] and d.device.type == 'cuda': _to_channels_last(model)
+    if p['channels_last'] and d.device.type == 'cuda': model.channels_last()   # weights, and inputs as they come in
     return model
-
-def _to_channels_last(model):
-    model.video_encoder.to(memory_format=torch.channels_last_3d); model.video_head.to(memory_format=torch.channels_last_3d)
-    model.audio_encoder.to(memory_format=torch.channels_last); model.audio_head.to(memory_format=torch.channels_last)
 
 def _wrap(model, p, d):
     if d.distributed:
@@ -347,7 +338,7 @@ GRADIENT_NOTE = 'gradients: NaN, infinite, or too large to square (Adam would st
 
 def _modality_grads(model) -> tuple[list, list]:
     "The gradients of the video side (encoder f, head h_f) and of the audio side (g, h_g)."
-    named = [(n, q.grad) for n, q in _unwrap(model).named_parameters() if q.grad is not None]
+    named = [(n, q.grad) for n, q in unwrap(model).named_parameters() if q.grad is not None]
     return [g for n, g in named if n.startswith('video')], [g for n, g in named if not n.startswith('video')]
 
 def _not_finite(xs, squared: bool = False) -> torch.Tensor:
@@ -359,8 +350,6 @@ def _not_finite(xs, squared: bool = False) -> torch.Tensor:
 def train_step(model, optimizer, batch, p: dict, d: Dist) -> tuple[torch.Tensor, torch.Tensor]:
     "Forward, loss and backward on this rank's share of a global batch; returns the loss and `FLAGS[:-1]` (1.0 = not finite)."
     video, audio = to_model_inputs(batch, d.device, train=True, sigma=p['sigma'], spec_drop=p['spec_drop'])
-    if p['channels_last'] and d.device.type == 'cuda':
-        video, audio = video.contiguous(memory_format=torch.channels_last_3d), audio.contiguous(memory_format=torch.channels_last)
     with autocast(d.device, p['precision']):
         z_v, z_a = model(video, audio)
     loss = nce_loss(z_v.float(), z_a.float(), normalize=p['normalize'], tau=p['tau'] if p['normalize'] else None,
@@ -414,7 +403,7 @@ def _describe(flags: list[bool]) -> str:
     return what + (f' ({GRADIENT_NOTE})' if any(flags[3:5]) else '')
 
 def _buffers(model) -> list[torch.Tensor]:
-    return [b for b in _unwrap(model).buffers() if b.is_floating_point()]
+    return [b for b in unwrap(model).buffers() if b.is_floating_point()]
 
 def _update(model, optimizer, flags: torch.Tensor, buffers: list, saved: list):
     "The optimizer step, skipped on the device when a flag is up; the BatchNorm statistics put back then."
@@ -618,7 +607,7 @@ def finish_run(rd: RunDir, model, held, p: dict, preset, d: Dist, log: MetricsLo
     run_dir = rd.path
     rows = read_metrics(run_dir)
     step = max((r['step'] for r in rows), default=0)
-    save_encoders(_unwrap(model), run_dir/'encoders.pt', params=p, step=step)
+    save_encoders(unwrap(model), run_dir/'encoders.pt', params=p, step=step)
     logged = next((r for r in rows if r.get('split') == 'heldout' and r['step'] == step), None)  # a resumed, finished run
     if logged: measures = {k: v for k, v in logged.items() if k not in ('step', 'split')}
     else:

@@ -71,7 +71,8 @@ def test_encoder_checkpoint_round_trip(tmp_path):
     _same_state(load_video_encoder(tmp_path/'enc.pt'), model.video_encoder)
     _same_state(load_audio_encoder(tmp_path/'enc.pt'), model.audio_encoder)
     ckpt = torch.load(tmp_path/'enc.pt', weights_only=True)
-    assert not any('head' in k for k in ckpt['video_encoder']) and 'video_head' not in ckpt
+    assert not any('head' in k for k in ckpt['video_encoder'])          # the heads are saved apart from the encoders
+    assert all(torch.equal(ckpt['video_head'][k], v) for k, v in model.video_head.state_dict().items())
     assert sorted(p.name for p in tmp_path.iterdir()) == ['enc.pt']  # no temporary left behind
 
 
