@@ -7,10 +7,11 @@ QUICKSTART_ARGS ?=
 
 .PHONY: quickstart test env sync export clean-nbs nbtest pytest bench clean
 
-## Install everything into .venv and pretrain on the bundled synthetic corpus (CPU, minutes).
+## Install everything into .venv, then pretrain k = 1 and k = 16 at once on a synthetic corpus and show the paper's
+## effect: a table, runs/quickstart/effect.png and effect.md (CPU, two cores, about 7 minutes after the install).
+## QUICKSTART_ARGS='--seed 1' for another seed (runs/quickstart-s1).
 quickstart: env
-	$(BIN)/papermill -k python3 nbs/pretrain.ipynb runs/quickstart.ipynb -p preset tiny -p run_name quickstart $(QUICKSTART_ARGS)
-	@echo "run directory: runs/quickstart (loss plot: runs/quickstart/loss.png)"
+	$(BIN)/python -m avss.quickstart $(QUICKSTART_ARGS)
 
 ## Install what the tests need and run the whole suite: notebooks in sync, nbdev_test, pytest.
 test: env sync nbtest pytest
