@@ -4,14 +4,16 @@
 
 # %% auto #0
 __all__ = ['QUICKSTART_CORPUS', 'QUICKSTART_SHORT_SIDE', 'QUICKSTART_PARAMS', 'QUICKSTART_K', 'TABLE_COLUMNS', 'COLOURS',
-           'quickstart_data', 'quickstart_params', 'MetricsFollower', 'run_together', 'effect_table', 'format_table',
-           'verdict', 'plot_effect', 'save_figure', 'effect_note', 'default_quickstart_dir', 'quickstart', 'main']
+           'quickstart_data', 'quickstart_params', 'MetricsFollower', 'QuickstartStopped', 'run_together',
+           'effect_table', 'format_table', 'verdict', 'plot_effect', 'save_figure', 'effect_note',
+           'default_quickstart_dir', 'quickstart', 'main']
 
 # %% ../nbs/17_quickstart.ipynb #c002
 import argparse
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -82,11 +84,14 @@ class MetricsFollower:
         return self.last
 
 # %% ../nbs/17_quickstart.ipynb #c012
+class QuickstartStopped(Exception):
+    "The runs were stopped (Ctrl-C, SIGTERM) after writing their checkpoints; running the quickstart again continues them."
+
 def run_together(params: list[dict], log_dir, progress: bool = True, poll_s: float = 1.0) -> list[Path]:
     "Pretrain every `params` at once, each in its own single-threaded process, with a progress bar per run; the run dirs."
     log_dir = Path(log_dir); log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
-    runs, procs, bars, followers = [], [], [], []
+    runs, procs, bars, followers, interrupted = [], [], [], [], False
     try:
         for i, p in enumerate(params):
             run = Path(p['runs_dir'])/p['run_name']
@@ -108,22 +113,26 @@ def run_together(params: list[dict], log_dir, progress: bool = True, poll_s: flo
                     if code is None and r['step'] >= bar.total: post['now'] = 'measuring held-out titles'
                     bar.set_postfix(post, refresh=False)
                 bar.refresh()
-            if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes): break
+            if all(c is not None for c in codes) or any(c not in (None, 0, STOPPED_EXIT) for c in codes): break
             time.sleep(poll_s)
-    finally:                                   # an error, or Ctrl-C: the runs checkpoint and stop (SIGTERM)
-        for pr in procs:
+    except KeyboardInterrupt:                  # Ctrl-C: the runs got SIGINT too; each finishes its step and checkpoints
+        interrupted = True
+    finally:          # Ctrl-C, or a run failed: SIGTERM makes the others checkpoint and stop (not a second SIGINT, which
+        for pr in procs:                                             # would end a run at once)
             if pr.poll() is None: pr.terminate()
         for pr in procs:
             try: pr.wait(timeout=120)
             except subprocess.TimeoutExpired: pr.kill(); pr.wait()
         for bar in bars: bar.close()
-    for p, pr in zip(params, procs):
-        if pr.returncode != 0:
-            log = log_dir/f"{p['run_name']}.log"
-            again = ('it was stopped; run the quickstart again to continue it' if pr.returncode in (STOPPED_EXIT, -15) else
-                     f'delete {log_dir} to start the quickstart afresh')
-            raise RuntimeError(f"the k = {p['k']} run ended with exit status {pr.returncode} ({again}); the end of {log}:\n"
-                               + log.read_text()[-3000:])
+    failed = [(p, pr.returncode) for p, pr in zip(params, procs) if pr.returncode not in (0, STOPPED_EXIT, -signal.SIGTERM)]
+    if failed:
+        p, code = failed[0]
+        log = log_dir/f"{p['run_name']}.log"
+        raise RuntimeError(f"the k = {p['k']} run ended with exit status {code}; the end of {log} says why (delete "
+                           f"{log_dir} to start the quickstart afresh):\n" + log.read_text()[-3000:])
+    if interrupted or any(pr.returncode != 0 for pr in procs):
+        raise QuickstartStopped(f'stopped; the runs in {log_dir} kept their checkpoints: run the quickstart again to '
+                                'continue them')
     return runs
 
 # %% ../nbs/17_quickstart.ipynb #c014
@@ -248,12 +257,12 @@ def quickstart(seed: int = 0, runs_dir=None, data_root=None, corpus: dict | None
     import matplotlib.pyplot as plt
     fig = plot_effect(dict(zip(ks, runs)), table)
     save_figure(fig, runs_dir/'effect.png'); plt.close(fig)
-    seconds = dict(corpus=t1 - t0, pretraining=t2 - t1, total=time.perf_counter() - t0)
+    seconds = {'corpus': t1 - t0, 'pretraining and measuring': t2 - t1, 'total': time.perf_counter() - t0}
     atomic_write_text(runs_dir/'effect.md', effect_note(table, p, seconds))
     print('3/3 held-out titles, at the end:\n\n' + format_table(table) + '\n\n' + verdict(table) + '\n')
     print(f'figure: {runs_dir/"effect.png"}\nnote:   {runs_dir/"effect.md"}\nruns:   ' + ', '.join(str(r) for r in runs))
     print(f"done in {seconds['total'] / 60:.1f} min (corpus {seconds['corpus']:.0f} s, pretraining and measuring "
-          f"{seconds['pretraining']:.0f} s)", flush=True)
+          f"{seconds['pretraining and measuring']:.0f} s)", flush=True)
     return table
 
 # %% ../nbs/17_quickstart.ipynb #c023
@@ -269,7 +278,10 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.run: return _run_one(a.run)
     over = {} if a.steps is None else dict(max_steps=a.steps, eval_every=max(1, a.steps // 4))
-    quickstart(a.seed, a.runs_dir, a.data_root, **over)
+    try: quickstart(a.seed, a.runs_dir, a.data_root, **over)
+    except QuickstartStopped as e:
+        print(f'\n{e}', file=sys.stderr)
+        return STOPPED_EXIT
     return 0
 
 # %% ../nbs/17_quickstart.ipynb #c024
