@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .catalog import COLUMNS, Catalog, ProbeError, open_media, probe
+from .catalog import COLUMNS, Catalog, ProbeError, open_media, probe, unusable_reason
 from .core import atomic_write_json, atomic_write_text
 from .decode import DecodeError, iter_audio, mel_params_path, scaled_size
 from .transforms import LogMel
@@ -160,10 +160,10 @@ def prepare_title(row: dict, out_dir, settings: dict) -> dict:
     tid, d = row['title_id'], Path(out_dir)/'titles'/title_slug(row['title_id'])
     fps, frames = settings['fps'], settings['frames']
     try:
-        reason = _reason_from_columns(row, frames, fps)
+        reason = unusable_reason(row, frames, fps)
         if not reason:
             info = probe(row['path'], check_end=False)
-            reason = _reason_from_columns({**row, **info}, frames, fps)
+            reason = unusable_reason({**row, **info}, frames, fps)
         if reason: return _reject(d, row, reason, settings)
         d.mkdir(parents=True, exist_ok=True)
         n_frames = int(np.floor(info['duration_s'] * fps + 1e-6))
@@ -190,13 +190,6 @@ def _absolute(row: dict, d: Path) -> dict:
     return {**row, 'path': str(d/row['path']), 'mel_path': str(d/row['mel_path'])}
 
 # %% ../nbs/05a_prepare.ipynb #c016
-def _reason_from_columns(row: dict, frames: int, fps: float) -> str:
-    why = [w for w, bad in (('no video stream', not row['has_video']), ('no audio stream', not row['has_audio'])) if bad]
-    L, d = frames / fps, row['duration_s']
-    if d is None or not np.isfinite(d): why.append('unknown duration')
-    elif d + 1e-6 < L: why.append(f'too short: {d:.2f} s < one snippet of {L:g} s')
-    return '; '.join(why)
-
 def _reject_failure(d: Path, row: dict, e: Exception, settings: dict) -> dict:
     "Record why a title's own content failed (one bad title must not stop a pass over thousands)."
     if isinstance(e, ProbeError): return _reject(d, row, f'corrupt: {e}', settings)
