@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from .core import (Param, ParamError, atomic_write_bytes, atomic_write_json, default_runs_dir, get_device,
                        git_revision, is_int, is_str)

@@ -15,7 +15,6 @@ __all__ = ['PRETRAIN_SPEC', 'RECIPES', 'MEMORY_GIB', 'CPU_SECONDS_PER_CLIP', 'MA
 import dataclasses
 import io
 import json
-import shutil
 import os
 import signal
 import sys
