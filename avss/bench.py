@@ -19,9 +19,14 @@ from pathlib import Path
 
 import torch
 
-from .core import autocast
-from .models import AVModel, conv_form_errors, forward_flops, get_preset
+from . import train as T
+from .catalog import Catalog
+from .core import atomic_write_json, autocast
 from .losses import nce_loss
+from .models import AVModel, conv_form_errors, forward_flops, get_preset
+from .prepare import prepare
+from .synth import make_corpus
+from .transforms import to_model_inputs
 
 # %% ../nbs/13_bench.ipynb #c004
 PEAK_BF16_TFLOPS = {'H100 PCIe': 756.0, 'H100': 989.0, 'H200': 989.0, 'A100': 312.0}  # dense; SXM unless named
@@ -48,6 +53,7 @@ def _model(preset, conv, channels_last, compile, device):
     "(model, optimizer, forward): an AVModel of `preset` in the `conv` form (None: the preset's), compiled as asked."
     pre = get_preset(preset)
     if conv: pre = replace(pre, conv=conv)
+    if torch.device(device).type == 'cuda': torch.backends.cudnn.benchmark = True   # as pretraining does
     torch.manual_seed(0)
     model = AVModel(pre).to(device)
     if channels_last: model.channels_last()
@@ -112,8 +118,6 @@ def bench_conv_forms(preset='tiny', batch=32, crop=32, steps=20, warmup=3, devic
 # %% ../nbs/13_bench.ipynb #c010
 def bench_corpus(corpus_dir, short_side: int, titles: int = 24, minutes: float = 1.0, workers=None) -> Path:
     "A prepared synthetic corpus for the pipeline benchmark (made on first use); returns its catalog CSV."
-    from avss.synth import make_corpus
-    from avss.prepare import prepare
     corpus_dir = Path(corpus_dir)
     cat = make_corpus(corpus_dir/'corpus', titles=titles, minutes=minutes, workers=workers, progress=False)
     prepared, _ = prepare(cat, corpus_dir/f'prepared-{short_side}', short_side=short_side, workers=workers, progress=False)
@@ -121,8 +125,6 @@ def bench_corpus(corpus_dir, short_side: int, titles: int = 24, minutes: float =
 
 def _loader(catalog_csv, preset, batch, num_workers, device, batches, k=8):
     "The training loader (`avss.train.build_loader`) over a catalog, its epoch made `batches` batches long."
-    from avss import train as T
-    from avss.catalog import Catalog
     pre = get_preset(preset)
     p = T.resolve_params(dict(data=str(catalog_csv), preset=pre.name, k=k, batch_size=batch, num_workers=num_workers,
                               device=str(device)))
@@ -143,7 +145,6 @@ def bench_loader(catalog_csv, preset='paper', batch=128, num_workers=8, steps=20
 def bench_end_to_end(catalog_csv, preset='paper', batch=128, precision='bf16', channels_last=True, compile=False,
                      conv=None, device='cuda', num_workers=8, steps=200, warmup=20) -> dict:
     "Training clips/s with the training loader feeding the step, and the fraction of the time spent waiting for data."
-    from avss.transforms import to_model_inputs
     dev = torch.device(device)
     it = iter(_loader(catalog_csv, preset, batch, num_workers, dev, warmup + steps))
     model, opt, fwd = _model(preset, conv, channels_last, compile, dev)
@@ -259,7 +260,7 @@ def gpu_check(preset='paper', batch=128, device='cuda', budget_s: float = 420, s
     if pipeline:
         csv = bench_corpus(corpus_dir or tempfile.mkdtemp(prefix='avss-bench-'), pre.short_side, workers=workers)
         run(bench_loader, csv, pre, batch, workers or 8, steps=2 * steps, warmup=5, device=dev)
-        run(bench_end_to_end, csv, pre, batch, conv='2d', device=dev, num_workers=workers or 8, steps=2 * steps, warmup=5)
+        run(bench_end_to_end, csv, pre, batch, device=dev, num_workers=workers or 8, steps=2 * steps, warmup=5)
     for mode in modes:
         for conv in ('2d', '3d'):
             run(bench_model, pre, batch, 'bf16', True, mode, dev, steps=steps, warmup=5, conv=conv,
@@ -314,7 +315,6 @@ def main(argv=None):
     else:
         results = _measure(a, gpu)
     if a.out:
-        from avss.core import atomic_write_json
         atomic_write_json(a.out, dict(device=a.device, torch=torch.__version__, results=results))
     return results
 

@@ -37,7 +37,7 @@ class Preset:
     crop: int = 158
     n_mels: int = 96
     audio_frames: int = 300
-    conv: str = '2d'                           # f's convolutions: '2d' (2-D convs on views) or '3d' (Conv3d); same weights
+    conv: str = '3d'                           # f's convolutions: '3d' (Conv3d) or '2d' (2-D convs on views); same weights
 
     def __post_init__(self):
         for k in ('video_widths', 'audio_widths', 'blocks'):
@@ -55,7 +55,8 @@ class Preset:
     def from_dict(cls, d: dict, where: str = 'preset'):
         "A preset from `asdict(preset)` (as stored in checkpoints); unknown or missing fields are an error naming `where`."
         names = {f.name for f in fields(cls)}
-        if isinstance(d, dict) and 'conv' not in d: d = {**d, 'conv': '2d'}  # stored before `conv` existed
+        if isinstance(d, dict) and 'conv' not in d:                    # stored before `conv` existed: the preset's form
+            d = {**d, 'conv': PRESETS[d['name']].conv if d.get('name') in PRESETS else '3d'}
         if not isinstance(d, dict) or set(d) != names:
             got = sorted(d) if isinstance(d, dict) else type(d).__name__
             raise ValueError(f'{where}: not a model preset; expected the fields {sorted(names)}, got {got}')
@@ -64,7 +65,7 @@ class Preset:
 PRESETS = {
     'paper': Preset('paper'),
     'tiny': Preset('tiny', video_widths=(4, 8, 16, 32), video_stem=3, audio_widths=(4, 8, 16, 32),
-                   short_side=76, crop=64),
+                   short_side=76, crop=64, conv='2d'),
 }
 
 def get_preset(preset) -> Preset:

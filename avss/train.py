@@ -483,6 +483,7 @@ def pretrain(params: dict, progress: bool = True) -> Path:
     if d.main: print(_preset_line(params, p))
     if d.main and (warning := cpu_warning(p, d)): print(warning, file=sys.stderr)
     if p['deterministic']: torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not p['deterministic']   # cuDNN times its algorithms once per input shape
     preset = run_preset(p)
     if d.distributed and p['run_name'] is None:
         raise ParamError("parameter 'run_name' must be given when running on several processes")
