@@ -126,9 +126,9 @@ def bench_corpus(corpus_dir, short_side: int, titles: int = 24, minutes: float =
 def _loader(catalog_csv, preset, batch, num_workers, device, batches, k=8):
     "The training loader (`avss.train.build_loader`) over a catalog, its epoch made `batches` batches long."
     pre = get_preset(preset)
-    p = T.resolve_params(dict(data=str(catalog_csv), preset=pre.name, k=k, batch_size=batch, num_workers=num_workers,
-                              device=str(device)))
-    loader, sampler = T.build_loader(Catalog.read(catalog_csv), p, pre, T.Dist(device=torch.device(device)))
+    cfg = T.PretrainConfig.resolve(dict(data=str(catalog_csv), preset=pre.name, k=k, batch_size=batch, num_workers=num_workers,
+                                        device=str(device)))
+    loader, sampler = T.build_loader(Catalog.read(catalog_csv), cfg, pre, T.Dist(device=torch.device(device)))
     sampler._num_batches = max(len(sampler), batches)  # one long epoch (see above)
     return loader
 

@@ -186,15 +186,14 @@ MEASURE_COLUMNS = ['run', 'k', 'w', 'seed', 'source', 'kl_neg_pos', 'kl_other_po
 def run_discrepancy(params: dict):
     "nbs/discrepancy.ipynb without the notebook: measure every run that has a checkpoint, then the table and the figures."
     import matplotlib.pyplot as plt
-    from avss.core import validate_params
-    from avss.discrepancy_runs import (DISCREPANCY_SPEC, default_out_dir, draw_figures, measure_runs, plot_history,
+    from avss.discrepancy_runs import (DiscrepancyConfig, default_out_dir, draw_figures, measure_runs, plot_history,
                                        resolve_runs, run_table)
-    p = validate_params(params, DISCREPANCY_SPEC, 'discrepancy parameters')
-    run_dirs = resolve_runs(p['runs'])
-    out = Path(p['out_dir']) if p['out_dir'] else default_out_dir()
+    cfg = DiscrepancyConfig.resolve(params)
+    run_dirs = resolve_runs(cfg.runs)
+    out = Path(cfg.out_dir) if cfg.out_dir else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
-    measure_runs(run_dirs, data=p['data'], snippets_per_title=p['snippets_per_title'], seed=p['seed'], device=p['device'],
-                 batch_size=p['batch_size'], num_workers=p['num_workers'])
+    measure_runs(run_dirs, data=cfg.data, snippets_per_title=cfg.snippets_per_title, seed=cfg.seed, device=cfg.device,
+                 batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     table = run_table(run_dirs)
     figs = draw_figures(table, out)
     fig = plot_history(table, path=out/'heldout_curves.png')

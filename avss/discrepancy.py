@@ -60,9 +60,9 @@ def heldout_dataset(data, preset=None):
     if preset is None: raise ValueError('embedding a catalog needs the model preset (frames, fps, short_side, crop)')
     from avss.segment import SnippetGrid
     from avss.datasets import SnippetDataset
-    p = preset_dict(preset)
-    grid = SnippetGrid(data, frames=p['frames'], fps=p['fps'])
-    return SnippetDataset(data, grid, train=False, short_side=p['short_side'], crop=p['crop'])
+    sizes = preset_dict(preset)
+    grid = SnippetGrid(data, frames=sizes['frames'], fps=sizes['fps'])
+    return SnippetDataset(data, grid, train=False, short_side=sizes['short_side'], crop=sizes['crop'])
 
 def _grid(dataset):
     grid = getattr(dataset, 'grid', None)

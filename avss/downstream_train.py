@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 from .core import autocast, get_device, seed_everything
 from .optim import lr_factor, weight_decay_groups
 from .downstream_data import MODALITY, AudioProtocol, open_split, video_protocol
-from .downstream_eval import Classifier, DownstreamInputs, aggregate_views, collect_views, item_seeds
+from .downstream_eval import Classifier, DownstreamInputs, aggregate_views, collect_views
 from .models import AudioEncoder, VideoEncoder, get_preset, load_encoders
+from .transforms import item_seed
 
 # %% ../nbs/11c_downstream_train.ipynb #c006
 def resolve_checkpoint(checkpoint) -> Path:
@@ -120,7 +121,7 @@ def _train_epoch(model, inputs, opt, sched, loader, epoch, seed, precision, dev,
     t, n, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
     for x, y, idx in tqdm(loader, desc=f'epoch {epoch}', disable=not progress, leave=False):
         y = y.to(dev)
-        x = inputs(x.to(dev, non_blocking=True), train=True, seeds=item_seeds(seed, epoch, idx))
+        x = inputs(x.to(dev, non_blocking=True), train=True, seeds=[item_seed(seed, epoch, i, bits=32) for i in idx])
         with autocast(dev, precision): logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
         if not torch.isfinite(loss): raise FloatingPointError(f'non-finite loss {loss.item()} in epoch {epoch}')

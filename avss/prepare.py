@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .catalog import COLUMNS, Catalog, ProbeError, open_media, probe, unusable_reason
-from .core import atomic_write_json, atomic_write_text
+from .core import atomic_path, atomic_write_json, atomic_write_text
 from .decode import DecodeError, iter_audio, mel_params_path, scaled_size
 from .transforms import LogMel
 
@@ -47,7 +47,6 @@ def encode_video(src, dst, n_frames: int, short_side: int = 190, fps: float = 5.
                  preset: str = 'veryfast', threads: int = 1) -> dict:
     "Re-encode the video of `src` as `n_frames` frames at `fps` (frame k: the source frame nearest k/fps) to `dst`."
     dst = Path(dst)
-    tmp = dst.with_name(dst.name + '.tmp')
     with open_media(src) as c:
         if not c.streams.video: raise DecodeError(f'{src}: no video stream')
         vs = c.streams.video[0]
@@ -55,7 +54,7 @@ def encode_video(src, dst, n_frames: int, short_side: int = 190, fps: float = 5.
         if threads > 1: vs.thread_type = 'AUTO'
         t0, step = float((vs.start_time or 0) * vs.time_base), 1 / float(vs.average_rate or 25)
         w, h = scaled_size(vs.codec_context.width, vs.codec_context.height, short_side, even=True)
-        with av.open(str(tmp), 'w', format='mp4') as out:
+        with atomic_path(dst) as tmp, av.open(str(tmp), 'w', format='mp4') as out:
             rate = Fraction(fps).limit_denominator(1001)
             enc = out.add_stream('libx264', rate=rate)
             enc.width, enc.height, enc.pix_fmt = w, h, 'yuv420p'
@@ -92,7 +91,6 @@ def encode_video(src, dst, n_frames: int, short_side: int = 190, fps: float = 5.
                 raise DecodeError(f'truncated: the video ends at {prev_t:.2f} s of {n_frames / fps:.2f} s')
             while k < n_frames: emit(prev)             # the last fraction of a second: repeat the last frame
             for p in enc.encode(): out.mux(p)
-    os.replace(tmp, dst)
     return dict(width=w, height=h, frames=n_frames)
 
 # %% ../nbs/05a_prepare.ipynb #c010
@@ -100,7 +98,7 @@ def write_mel(src, dst, logmel: LogMel, n_samples: int, block_s: float = 30.0) -
     "Store the log-mel of the whole track of `src` (zero-padded to `n_samples` at 48 kHz) as float16 `[frames, n_mels]`."
     dst = Path(dst)
     pad, hop, n_fft, sr = logmel.n_fft // 2, logmel.hop, logmel.n_fft, logmel.sample_rate
-    raw, tmp = dst.with_name(dst.name + '.raw.tmp'), dst.with_name(dst.name + '.tmp')
+    raw = dst.with_name(dst.name + '.raw.tmp')        # the frames, before their count (the header) is known
     n, frames, buf, tail, started = 0, 0, np.zeros(0, np.float32), np.zeros(0, np.float32), False
 
     def emit(f, buf):                              # write every whole frame of `buf`; return what is left
@@ -126,10 +124,9 @@ def write_mel(src, dst, logmel: LogMel, n_samples: int, block_s: float = 30.0) -
             buf, tail, n = np.concatenate([buf, z]), np.concatenate([tail, z])[-(pad + 1):], n_samples
         if not started: raise DecodeError(f'too short: {n} audio samples')
         emit(f, np.concatenate([buf, tail[-2::-1][:pad]]))
-    with open(tmp, 'wb') as f:
+    with atomic_path(dst) as tmp, open(tmp, 'wb') as f:
         np.lib.format.write_array_header_1_0(f, {'descr': '<f2', 'fortran_order': False, 'shape': (frames, logmel.n_mels)})
         with open(raw, 'rb') as r: shutil.copyfileobj(r, f, 1 << 22)
-    os.replace(tmp, dst)
     raw.unlink()
     atomic_write_json(mel_params_path(dst), {**logmel.params, 'frames': frames, 'samples': n})
     return dict(frames=frames, samples=n)
@@ -145,7 +142,7 @@ def is_environment_error(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS
 
 def _remove_partial(d: Path):
-    "Temporary files of a title whose preparation did not finish."
+    "Temporary files of a title whose preparation did not finish (`atomic_path`'s and the log-mel's raw frames)."
     for tmp in d.glob('*.tmp'): tmp.unlink(missing_ok=True)
 
 # %% ../nbs/05a_prepare.ipynb #c015

@@ -21,10 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from .core import atomic_write_bytes, atomic_write_text, default_runs_dir
-from .rundir import STOPPED_EXIT, read_metrics, read_summary
+from .prepare import prepare
+from .rundir import STOPPED_EXIT, RunStopped, read_metrics, read_summary
+from .synth import make_corpus
+from .train import PretrainConfig, data_dir, pretrain
 
 # %% ../nbs/17_quickstart.ipynb #c005
 QUICKSTART_CORPUS = dict(titles=32, shows=4, episodes=4, minutes=3.0, width=64, height=48, fps=5, sample_rate=16000)
@@ -37,9 +41,6 @@ QUICKSTART_K = (1, 16)
 # %% ../nbs/17_quickstart.ipynb #c007
 def quickstart_data(root=None, corpus: dict | None = None, workers: int | None = None, progress: bool = True) -> Path:
     "Make and prepare the quickstart corpus under `root` (default data/quickstart/), once; returns the prepared catalog CSV."
-    from avss.synth import make_corpus
-    from avss.prepare import prepare
-    from avss.train import data_dir
     root = Path(root) if root is not None else data_dir()/'quickstart'
     cat = make_corpus(root/'corpus', **{**QUICKSTART_CORPUS, **(corpus or {})}, workers=workers, progress=progress)
     out = root/f'prepared-{QUICKSTART_SHORT_SIDE}'
@@ -48,17 +49,14 @@ def quickstart_data(root=None, corpus: dict | None = None, workers: int | None =
     return out/'catalog.csv'
 
 # %% ../nbs/17_quickstart.ipynb #c009
-def quickstart_params(k: int, seed: int, data, runs_dir, **overrides) -> dict:
-    "The pretraining parameters of the quickstart's run at `k` (run name `k1`, `k16`)."
-    return {**QUICKSTART_PARAMS, 'data': str(data), 'k': int(k), 'seed': int(seed), 'runs_dir': str(runs_dir),
-            'run_name': f'k{k}', **overrides}
+def quickstart_params(k: int, seed: int, data, runs_dir, **overrides) -> PretrainConfig:
+    "The pretraining parameters of the quickstart's run at `k` (run name `k1`, `k16`), as given (the run resolves them)."
+    return PretrainConfig.from_params({**QUICKSTART_PARAMS, 'data': str(data), 'k': int(k), 'seed': int(seed),
+                                       'runs_dir': str(runs_dir), 'run_name': f'k{k}', **overrides}, 'quickstart parameters')
 
 def _run_one(params_file) -> int:
     "Child process: one pretraining run on one thread, without a progress bar of its own (the parent draws it)."
-    import torch
     torch.set_num_threads(1)
-    from avss.train import pretrain
-    from avss.rundir import RunStopped
     try: run_dir = pretrain(json.loads(Path(params_file).read_text()), progress=False)
     except RunStopped as e:
         print(e, file=sys.stderr)
@@ -87,20 +85,20 @@ class MetricsFollower:
 class QuickstartStopped(Exception):
     "The runs were stopped (Ctrl-C, SIGTERM) after writing their checkpoints; running the quickstart again continues them."
 
-def run_together(params: list[dict], log_dir, progress: bool = True, poll_s: float = 1.0) -> list[Path]:
+def run_together(params: list[PretrainConfig], log_dir, progress: bool = True, poll_s: float = 1.0) -> list[Path]:
     "Pretrain every `params` at once, each in its own single-threaded process, with a progress bar per run; the run dirs."
     log_dir = Path(log_dir); log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
     runs, procs, bars, followers, interrupted = [], [], [], [], False
     try:
-        for i, p in enumerate(params):
-            run = Path(p['runs_dir'])/p['run_name']
-            f = atomic_write_text(log_dir/f"{p['run_name']}.params.json", json.dumps(p, indent=2))
-            with open(log_dir/f"{p['run_name']}.log", 'w') as log:
+        for i, cfg in enumerate(params):
+            run = Path(cfg.runs_dir)/cfg.run_name
+            f = atomic_write_text(log_dir/f"{cfg.run_name}.params.json", json.dumps(cfg.to_params(), indent=2))
+            with open(log_dir/f"{cfg.run_name}.log", 'w') as log:
                 procs.append(subprocess.Popen([sys.executable, '-m', 'avss.quickstart', '--run', str(f)], stdout=log,
                                               stderr=subprocess.STDOUT, env=env))
             runs.append(run); followers.append(MetricsFollower(run/'metrics.jsonl'))
-            bars.append(tqdm(total=p['max_steps'], desc=f"k = {p['k']:>2}", position=i, unit='step', dynamic_ncols=True,
+            bars.append(tqdm(total=cfg.max_steps, desc=f"k = {cfg.k:>2}", position=i, unit='step', dynamic_ncols=True,
                              disable=not progress, leave=True, bar_format='{l_bar}{bar}| {n_fmt}/{total_fmt} '
                              '[{elapsed}<{remaining}, {rate_fmt}{postfix}]'))
         while True:
@@ -124,11 +122,11 @@ def run_together(params: list[dict], log_dir, progress: bool = True, poll_s: flo
             try: pr.wait(timeout=120)
             except subprocess.TimeoutExpired: pr.kill(); pr.wait()
         for bar in bars: bar.close()
-    failed = [(p, pr.returncode) for p, pr in zip(params, procs) if pr.returncode not in (0, STOPPED_EXIT, -signal.SIGTERM)]
+    failed = [(cfg, pr.returncode) for cfg, pr in zip(params, procs) if pr.returncode not in (0, STOPPED_EXIT, -signal.SIGTERM)]
     if failed:
-        p, code = failed[0]
-        log = log_dir/f"{p['run_name']}.log"
-        raise RuntimeError(f"the k = {p['k']} run ended with exit status {code}; the end of {log} says why (delete "
+        cfg, code = failed[0]
+        log = log_dir/f"{cfg.run_name}.log"
+        raise RuntimeError(f"the k = {cfg.k} run ended with exit status {code}; the end of {log} says why (delete "
                            f"{log_dir} to start the quickstart afresh):\n" + log.read_text()[-3000:])
     if interrupted or any(pr.returncode != 0 for pr in procs):
         raise QuickstartStopped(f'stopped; the runs in {log_dir} kept their checkpoints: run the quickstart again to '
@@ -223,14 +221,14 @@ def save_figure(fig, path) -> Path:
 # %% ../nbs/17_quickstart.ipynb #c020
 def effect_note(table: pd.DataFrame, params: dict, seconds: dict | None = None) -> str:
     "effect.md: what the table shows, the table, the figure and the settings."
-    p = {k: v for k, v in params.items() if k not in ('data', 'k', 'runs_dir', 'run_name')}
+    settings = {k: v for k, v in params.items() if k not in ('data', 'k', 'runs_dir', 'run_name')}
     lines = ["# The paper's effect in a few minutes: k = 1 against k = 16", '', verdict(table), '',
              format_table(table, markdown=True), '',
              'Recall@1 within a title: for a held-out snippet\'s sound (picture), is its own picture (sound) the most '
              'similar among the snippets of the same title? KL(S- ‖ S≠): how far the similarities of two snippets of one '
              'title are from those of snippets of two titles; large when the model tells titles apart rather than '
              'matching sound to picture.', '', '![k = 1 against k = 16](effect.png)', '',
-             f'Settings of both runs (k aside): `{json.dumps(p)}`. Corpus: `{json.dumps(QUICKSTART_CORPUS)}`.']
+             f'Settings of both runs (k aside): `{json.dumps(settings)}`. Corpus: `{json.dumps(QUICKSTART_CORPUS)}`.']
     if seconds: lines += ['', 'Wall time: ' + ', '.join(f'{k} {v:.0f} s' for k, v in seconds.items()) + '.']
     return '\n'.join(lines) + '\n'
 
@@ -248,17 +246,18 @@ def quickstart(seed: int = 0, runs_dir=None, data_root=None, corpus: dict | None
     data = quickstart_data(data_root, corpus=corpus, progress=progress)
     t1 = time.perf_counter()
     params = [quickstart_params(k, seed, data, runs_dir, **overrides) for k in ks]
-    p = params[0]
-    print(f"2/3 pretraining k = {' and k = '.join(str(q['k']) for q in params)} at once, one core each: {p['max_steps']} "
-          f"steps at batch {p['batch_size']}, seed {seed}; runs and logs in {runs_dir}", flush=True)
+    first = params[0]
+    print(f"2/3 pretraining k = {' and k = '.join(str(q.k) for q in params)} at once, one core each: {first.max_steps} "
+          f"steps at batch {first.batch_size}, seed {seed}; runs and logs in {runs_dir}", flush=True)
     runs = run_together(params, runs_dir, progress=progress)
     t2 = time.perf_counter()
-    table = effect_table({q['k']: read_summary(r) for q, r in zip(params, runs)})
+    table = effect_table({q.k: read_summary(r) for q, r in zip(params, runs)})
     import matplotlib.pyplot as plt
     fig = plot_effect(dict(zip(ks, runs)), table)
     save_figure(fig, runs_dir/'effect.png'); plt.close(fig)
     seconds = {'corpus': t1 - t0, 'pretraining and measuring': t2 - t1, 'total': time.perf_counter() - t0}
-    atomic_write_text(runs_dir/'effect.md', effect_note(table, p, seconds))
+    given = {k: getattr(first, k) for k in dict.fromkeys([*QUICKSTART_PARAMS, 'seed', *overrides])}   # as asked, in that order
+    atomic_write_text(runs_dir/'effect.md', effect_note(table, given, seconds))
     print('3/3 held-out titles, at the end:\n\n' + format_table(table) + '\n\n' + verdict(table) + '\n')
     print(f'figure: {runs_dir/"effect.png"}\nnote:   {runs_dir/"effect.md"}\nruns:   ' + ', '.join(str(r) for r in runs))
     print(f"done in {seconds['total'] / 60:.1f} min (corpus {seconds['corpus']:.0f} s, pretraining and measuring "

@@ -15,6 +15,7 @@ import pandas as pd
 
 from .core import atomic_write_text
 from .discrepancy_runs import draw_figures, run_table
+from .sweep import expand, mix_label
 
 # %% ../nbs/14a_report.ipynb #c005
 MEASURE_COLUMNS = ['kl_neg_other', 'kl_neg_pos', 'kl_other_pos', 'r1_within_a2v', 'r1_within_v2a', 'chance_r1_within']
@@ -30,9 +31,8 @@ def downstream_scores(run_dir) -> dict:
 def _mix_names(sweep_dir: Path) -> dict:
     g = Path(sweep_dir)/'grid.json'
     if not g.exists(): return {}
-    from avss.sweep import expand, mix_label
-    return {p['name']: json.dumps(mix_label(p['genre_mix']))
-            for p in expand(json.loads(g.read_text())) if p['genre_mix']}
+    return {point['name']: json.dumps(mix_label(point['genre_mix']))
+            for point in expand(json.loads(g.read_text())) if point['genre_mix']}
 
 def collect(sweep_dir) -> pd.DataFrame:
     "One row per finished run of a sweep folder: parameters, final loss, held-out measures, downstream top-1."

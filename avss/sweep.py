@@ -126,15 +126,15 @@ def point_status(point: dict, grid: dict, sweep_dir: Path) -> dict:
 # %% ../nbs/14_sweep.ipynb #c010
 def mix_catalog(point: dict, sweep_dir: Path) -> Path:
     "The catalog CSV of a point with a genre_mix, drawn once from the base data (`avss.genre_mix.sample_by_genre`)."
-    from avss.catalog import Catalog
-    from avss.genre_mix import sample_by_genre
-    from avss.train import PRETRAIN_SPEC, run_preset, synthetic_catalog
+    from avss.catalog import Catalog          # here, not at the top: only a genre mix needs them, and the sweep driver
+    from avss.genre_mix import sample_by_genre  # itself runs without importing torch
+    from avss.train import PretrainConfig, run_preset, synthetic_catalog
     path = sweep_dir/'catalogs'/f"{point['name']}.csv"
     if path.exists(): return path
-    p = {k: v.default for k, v in PRETRAIN_SPEC.items()} | point['params']
-    base = synthetic_catalog(run_preset(p).short_side) if p['data'] == 'synthetic' else Catalog.read(p['data'])
+    cfg = PretrainConfig.resolve(point['params'])
+    base = synthetic_catalog(run_preset(cfg).short_side) if cfg.data == 'synthetic' else Catalog.read(cfg.data)
     mix = {k: v for k, v in point['genre_mix'].items() if k != 'name'}
-    drawn = sample_by_genre(base, heldout=p['heldout'], split_seed=p['split_seed'], **mix)
+    drawn = sample_by_genre(base, heldout=cfg.heldout, split_seed=cfg.split_seed, **mix)
     return drawn.write(path)
 
 def run_point(point: dict, grid: dict, sweep_dir: Path, threads: int | None = None) -> list[str]:
@@ -154,7 +154,7 @@ def run_sweep(grid, runs_dir=None, parallel: int = 1, only=None, progress: bool 
     sweep_dir = Path(runs_dir or default_runs_dir())/grid['name']
     sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(sweep_dir/'grid.json', grid)
-    points = [p for p in expand(grid) if only is None or p['name'] in only]
+    points = [point for point in expand(grid) if only is None or point['name'] in only]
     threads = max(1, (os.cpu_count() or 2) // parallel) if parallel > 1 else None
     failures = {}
     with tqdm(total=len(points), desc=f"sweep {grid['name']}", disable=not progress) as bar, \
@@ -209,9 +209,9 @@ def main(argv=None, prog: str = 'python -m avss.sweep'):
         print('\n'.join(sweep_commands(grid, a.runs_dir, a.gpus, a.nodes))); return 0
     if a.status:
         sweep_dir = Path(a.runs_dir or default_runs_dir())/grid['name']
-        for p in expand(grid):
-            st = point_status(p, grid, sweep_dir)
-            print(f"{p['name']:<40} " + '  '.join(f"{k}: {'done' if v else '-'}" for k, v in st.items()))
+        for point in expand(grid):
+            st = point_status(point, grid, sweep_dir)
+            print(f"{point['name']:<40} " + '  '.join(f"{k}: {'done' if v else '-'}" for k, v in st.items()))
         return 0
     return 1 if run_sweep(grid, a.runs_dir, a.parallel, a.only) else 0
 

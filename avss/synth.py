@@ -5,17 +5,21 @@
 # %% auto #0
 __all__ = ['EVENT_TYPES', 'GENRES', 'GENRE_EVENTS', 'SCENE_S', 'EVENT_S', 'GAP_S', 'SECOND_TRACK', 'DEFAULT_TITLES',
            'DEFAULT_SHOWS', 'DEFAULT_EPISODES', 'DEFAULT_MINUTES', 'DEFAULT_WIDTH', 'DEFAULT_HEIGHT', 'DEFAULT_FPS',
-           'DEFAULT_SAMPLE_RATE', 'CORPUS_PARAMS', 'Style', 'draw_style', 'Event', 'Scene', 'Plan', 'event_pitch',
-           'draw_event', 'plan_title', 'title_style', 'title_plan', 'corpus_table', 'run_jobs', 'claim_folder',
-           'make_corpus']
+           'DEFAULT_SAMPLE_RATE', 'CORPUS_PARAMS', 'LOCK_FILE', 'Style', 'draw_style', 'EventParams', 'Event', 'Scene',
+           'Plan', 'event_pitch', 'draw_event', 'plan_title', 'title_style', 'title_plan', 'corpus_table', 'run_jobs',
+           'claim_folder', 'make_corpus']
 
 # %% ../nbs/12_synth.ipynb #c003
 import colorsys
+import errno
+import fcntl
 import json
 import math
 import multiprocessing as mp
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +28,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .core import Param, atomic_write_json, is_float, is_int, one_of, validate_params
-from .synth_render import SHAPES, make_title
+from .synth_render import PART_SUFFIX, SHAPES, make_title
 
 # %% ../nbs/12_synth.ipynb #c006
 EVENT_TYPES = ('bounce', 'pulse', 'slide', 'flash', 'blink')
@@ -86,13 +90,34 @@ EVENT_S = (1.0, 3.0)        # event lengths: a snippet of 3.2 s sees one or two
 GAP_S = (0.5, 2.5)          # between the events of the main track; shorter than a snippet
 SECOND_TRACK = ((1.0, 4.0), 0.3)   # gaps of a second track of events, and the share of scenes that have one
 
+@dataclass(frozen=True)
+class EventParams:
+    "An event's drawn parameters: colour, pitch and gain, and those of its kind (the others stay None)."
+    colour: np.ndarray               # (3,) RGB in [0, 1]
+    hz: float                        # its pitch, from its colour (`event_pitch`)
+    gain: float
+    x: float | None = None           # bounce, pulse, blink: centre (bounce: at the start), fraction of the width
+    y: float | None = None           # pulse, slide, blink: centre, fraction of the height
+    size: float | None = None        # pulse, slide, blink: fraction of the height
+    shape: str | None = None         # pulse, slide, blink: one of avss.synth_render.SHAPES
+    r: float | None = None           # bounce: ball radius, fraction of the height
+    vx: float | None = None          # bounce: drift, widths per second
+    floor: float | None = None       # bounce: where the ground starts, fraction of the height
+    period: float | None = None      # bounce: seconds between floor contacts
+    height: float | None = None      # bounce: of the jumps, fraction of the height
+    rate: float | None = None        # pulse: swings per second
+    direction: float | None = None   # slide: 1 left to right, -1 right to left
+    box: tuple | None = None         # flash: the lamp (x0, y0, w, h), fractions of the frame
+    times: np.ndarray | None = None  # flash: when it flashes (s)
+    on: np.ndarray | None = None     # blink: [n, 2] on-intervals (s)
+
 @dataclass
 class Event:
     "An audio-visual event of `kind` (one of EVENT_TYPES) from t0 to t1 seconds, with its drawn parameters `p`."
     kind: str
     t0: float
     t1: float
-    p: dict
+    p: EventParams
 
 @dataclass
 class Scene:
@@ -116,29 +141,29 @@ def event_pitch(hue: float) -> float:
 def draw_event(kind, t0, t1, rng, floor=0.85) -> Event:
     "An event of `kind` from t0 to t1 with parameters drawn from `rng`; its sound's pitch follows its colour."
     hue = rng.random()
-    p = dict(colour=_rgb(hue, rng.uniform(0.5, 1), rng.uniform(0.9, 1)), hz=event_pitch(hue),
-             gain=rng.uniform(0.7, 1.0))
+    common = dict(colour=_rgb(hue, rng.uniform(0.5, 1), rng.uniform(0.9, 1)), hz=event_pitch(hue),
+                  gain=rng.uniform(0.7, 1.0))
     if kind == 'bounce':
         r = rng.uniform(0.11, 0.16)
-        p.update(r=r, x=rng.uniform(0.3, 0.7), vx=rng.uniform(-0.08, 0.08), floor=floor, period=rng.uniform(0.6, 1.6),
-                 height=rng.uniform(0.3, min(0.5, floor - 2.2 * r)))
+        p = EventParams(**common, r=r, x=rng.uniform(0.3, 0.7), vx=rng.uniform(-0.08, 0.08), floor=floor,
+                        period=rng.uniform(0.6, 1.6), height=rng.uniform(0.3, min(0.5, floor - 2.2 * r)))
     elif kind == 'pulse':
-        p.update(x=rng.uniform(0.35, 0.65), y=rng.uniform(0.3, 0.65), size=rng.uniform(0.26, 0.36), rate=rng.uniform(0.25, 1.0),
-                 shape=str(rng.choice(['square', 'diamond', 'disc'])))
+        p = EventParams(**common, x=rng.uniform(0.35, 0.65), y=rng.uniform(0.3, 0.65), size=rng.uniform(0.26, 0.36),
+                        rate=rng.uniform(0.25, 1.0), shape=str(rng.choice(['square', 'diamond', 'disc'])))
     elif kind == 'slide':
-        p.update(y=rng.uniform(0.25, 0.65), size=rng.uniform(0.24, 0.34), dir=float(rng.choice([-1, 1])),
-                 shape=str(rng.choice(['square', 'triangle', 'disc'])))
+        p = EventParams(**common, y=rng.uniform(0.25, 0.65), size=rng.uniform(0.24, 0.34), direction=float(rng.choice([-1, 1])),
+                        shape=str(rng.choice(['square', 'triangle', 'disc'])))
     elif kind == 'flash':
         w, h = rng.uniform(0.35, 0.6, 2)
         times, t = [], t0 + rng.uniform(0.1, 0.5)
         while t < t1 - 0.4: times.append(t); t += rng.uniform(0.6, 1.5)
-        p.update(box=(rng.uniform(0, 1 - w), rng.uniform(0.1, 0.9 - h), w, h), times=np.array(times))
+        p = EventParams(**common, box=(rng.uniform(0, 1 - w), rng.uniform(0.1, 0.9 - h), w, h), times=np.array(times))
     elif kind == 'blink':
         on, t = [], t0 + rng.uniform(0, 0.3)
         while t < t1 - 0.4:
             d = rng.uniform(0.4, 0.9); on.append((t, min(t + d, t1))); t += d + rng.uniform(0.4, 0.9)
-        p.update(x=rng.uniform(0.35, 0.65), y=rng.uniform(0.3, 0.65), size=rng.uniform(0.24, 0.34),
-                 shape=str(rng.choice(['disc', 'diamond', 'star'])), on=np.array(on).reshape(-1, 2))
+        p = EventParams(**common, x=rng.uniform(0.35, 0.65), y=rng.uniform(0.3, 0.65), size=rng.uniform(0.24, 0.34),
+                        shape=str(rng.choice(['disc', 'diamond', 'star'])), on=np.array(on).reshape(-1, 2))
     else:
         raise ValueError(f'event kind {kind!r}: must be one of {", ".join(EVENT_TYPES)}')
     return Event(kind, float(t0), float(t1), p)
@@ -219,17 +244,43 @@ def run_jobs(fn, jobs, workers=None, progress=True, desc='rendering') -> list:
         for f in tqdm(as_completed(futs), total=len(futs), desc=desc, disable=not progress): f.result()
     return [f.result() for f in futs]
 
-def claim_folder(out_dir, params: dict) -> Path:
-    "Record `params` in out_dir/synth.json, or check that the set already there was made with the same ones."
+LOCK_FILE = '.synth.lock'
+
+def _lock_folder(folder: Path) -> int:
+    "A descriptor holding the exclusive lock on folder/.synth.lock, once the process holding it (if any) lets go."
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        try: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN): raise
+            holder = os.pread(fd, 32, 0).decode(errors='replace').strip() or '(starting)'
+            print(f'waiting for process {holder} making {folder}', file=sys.stderr, flush=True)
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)    # for the message of the next one to wait
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+@contextmanager
+def claim_folder(out_dir, params: dict):
+    """Hold `out_dir` while a set is made in it: take its lock (waiting for another process making a set there),
+    record `params` in out_dir/synth.json or check that the set there was made with the same ones, and remove the
+    files an interrupted run left half-written. Yields out_dir; the lock goes with the block (or the process)."""
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    f = out_dir / 'synth.json'
-    if f.exists():
-        old = json.loads(f.read_text())
-        diff = [f'{k}={old.get(k)!r} there, {v!r} asked' for k, v in params.items() if old.get(k) != v]
-        if diff: raise ValueError(f'{out_dir} holds a synthetic set made with other parameters ({"; ".join(diff)}); use another folder')
-    else: atomic_write_json(f, params)
-    for stale in out_dir.rglob('.*.part'): stale.unlink()          # left by an interrupted run
-    return out_dir
+    fd = _lock_folder(out_dir)
+    try:
+        f = out_dir / 'synth.json'
+        if f.exists():
+            old = json.loads(f.read_text())
+            diff = [f'{k}={old.get(k)!r} there, {v!r} asked' for k, v in params.items() if old.get(k) != v]
+            if diff: raise ValueError(f'{out_dir} holds a synthetic set made with other parameters ({"; ".join(diff)}); use another folder')
+        else: atomic_write_json(f, params)
+        for stale in out_dir.rglob(f'.*{PART_SUFFIX}'): stale.unlink()   # no other maker is writing: the lock is ours
+        yield out_dir
+    finally:
+        os.close(fd)                                   # closing the descriptor drops the lock
 
 def make_corpus(out_dir, titles=DEFAULT_TITLES, minutes=DEFAULT_MINUTES, seed=0, shows=DEFAULT_SHOWS,
                 episodes=DEFAULT_EPISODES, width=DEFAULT_WIDTH, height=DEFAULT_HEIGHT, fps=DEFAULT_FPS,
@@ -241,10 +292,10 @@ def make_corpus(out_dir, titles=DEFAULT_TITLES, minutes=DEFAULT_MINUTES, seed=0,
                              CORPUS_PARAMS, 'make_corpus arguments')
     if shows * episodes > titles:
         raise ValueError(f'make_corpus: shows x episodes = {shows * episodes} episodes, more than titles={titles}')
-    out_dir = claim_folder(out_dir, dict(kind='corpus', **params))
-    table = corpus_table(out_dir.resolve(), **params)
-    jobs = [dict(path=r.path, group=r.group, n=r.n, genre=r.genre, duration_s=r.duration_s, seed=seed, width=width,
-                 height=height, fps=fps, sample_rate=sample_rate) for r in table.itertuples() if not Path(r.path).exists()]
-    run_jobs(_title_job, jobs, workers, progress, desc=f'synthetic titles in {out_dir}')
-    Catalog(table.drop(columns=['group', 'n'])).write(out_dir / 'catalog.csv')
+    with claim_folder(out_dir, dict(kind='corpus', **params)) as out_dir:
+        table = corpus_table(out_dir.resolve(), **params)
+        jobs = [dict(path=r.path, group=r.group, n=r.n, genre=r.genre, duration_s=r.duration_s, seed=seed, width=width,
+                     height=height, fps=fps, sample_rate=sample_rate) for r in table.itertuples() if not Path(r.path).exists()]
+        run_jobs(_title_job, jobs, workers, progress, desc=f'synthetic titles in {out_dir}')
+        Catalog(table.drop(columns=['group', 'n'])).write(out_dir / 'catalog.csv')
     return Catalog.read(out_dir / 'catalog.csv')

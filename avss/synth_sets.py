@@ -57,22 +57,22 @@ def make_ucf_like(out_dir, classes=EVENT_TYPES, groups=7, clips=3, seconds=4.0, 
     params = validate_params(dict(groups=groups, clips=clips, seconds=seconds, seed=seed, width=width, height=height,
                                   fps=fps, sample_rate=sample_rate), UCF_PARAMS, 'make_ucf_like arguments')
     classes = _check_classes(classes)
-    root = claim_folder(out_dir, dict(kind='ucf101', classes=classes, **params))
     items = []
     for label, kind in enumerate(classes):
         name = UCF_CLASSES[kind]
         for g in range(1, groups + 1):
             for c in range(1, clips + 1):
                 items.append(dict(rel=f'{name}/v_{name}_g{g:02d}_c{c:02d}.avi', kind=kind, label=label, group=g, clip=c))
-    jobs = [dict(it, path=root / 'UCF-101' / it['rel'], **params) for it in items if not (root / 'UCF-101' / it['rel']).exists()]
-    run_jobs(_ucf_job, jobs, workers, progress, desc=f'UCF101-like clips in {root}')
-    lists = root / 'ucfTrainTestlist'
     crlf = lambda lines: ''.join(f'{l}\r\n' for l in lines)
-    atomic_write_text(lists / 'classInd.txt', crlf(f'{i + 1} {UCF_CLASSES[k]}' for i, k in enumerate(classes)))
-    for split in (1, 2, 3):
-        test = set(ucf_test_groups(groups, split))
-        atomic_write_text(lists / f'trainlist0{split}.txt', crlf(f'{it["rel"]} {it["label"] + 1}' for it in items if it['group'] not in test))
-        atomic_write_text(lists / f'testlist0{split}.txt', crlf(it['rel'] for it in items if it['group'] in test))
+    with claim_folder(out_dir, dict(kind='ucf101', classes=classes, **params)) as root:
+        jobs = [dict(it, path=root / 'UCF-101' / it['rel'], **params) for it in items if not (root / 'UCF-101' / it['rel']).exists()]
+        run_jobs(_ucf_job, jobs, workers, progress, desc=f'UCF101-like clips in {root}')
+        lists = root / 'ucfTrainTestlist'
+        atomic_write_text(lists / 'classInd.txt', crlf(f'{i + 1} {UCF_CLASSES[k]}' for i, k in enumerate(classes)))
+        for split in (1, 2, 3):
+            test = set(ucf_test_groups(groups, split))
+            atomic_write_text(lists / f'trainlist0{split}.txt', crlf(f'{it["rel"]} {it["label"] + 1}' for it in items if it['group'] not in test))
+            atomic_write_text(lists / f'testlist0{split}.txt', crlf(it['rel'] for it in items if it['group'] in test))
     return root
 
 # %% ../nbs/12b_synth_sets.ipynb #c013
@@ -100,7 +100,6 @@ def make_esc_like(out_dir, classes=EVENT_TYPES, clips_per_fold=4, seed=0, second
     params = validate_params(dict(clips_per_fold=clips_per_fold, seed=seed, seconds=seconds, sample_rate=sample_rate),
                              ESC_PARAMS, 'make_esc_like arguments')
     classes = _check_classes(classes)
-    root = claim_folder(out_dir, dict(kind='esc50', classes=classes, **params))
     rows = []
     for target, kind in enumerate(classes):
         for fold in range(1, 6):
@@ -108,8 +107,9 @@ def make_esc_like(out_dir, classes=EVENT_TYPES, clips_per_fold=4, seed=0, second
                 src, take = 10000 * (target + 1) + 100 * fold + k // 2, 'AB'[k % 2]
                 rows.append(dict(filename=f'{fold}-{src}-{take}-{target}.wav', fold=fold, target=target,
                                  category=ESC_CATEGORIES[kind], esc10=target % 2 == 0, src_file=src, take=take, kind=kind))
-    jobs = [dict(r, path=root / 'audio' / r['filename'], **params) for r in rows if not (root / 'audio' / r['filename']).exists()]
-    run_jobs(_esc_job, jobs, workers, progress, desc=f'ESC-50-like clips in {root}')
     meta = pd.DataFrame(rows).drop(columns='kind').sort_values('filename')
-    atomic_write_text(root / 'meta' / 'esc50.csv', meta.to_csv(index=False))
+    with claim_folder(out_dir, dict(kind='esc50', classes=classes, **params)) as root:
+        jobs = [dict(r, path=root / 'audio' / r['filename'], **params) for r in rows if not (root / 'audio' / r['filename']).exists()]
+        run_jobs(_esc_job, jobs, workers, progress, desc=f'ESC-50-like clips in {root}')
+        atomic_write_text(root / 'meta' / 'esc50.csv', meta.to_csv(index=False))
     return root

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['PRETRAIN_SPEC', 'RECIPES', 'MEMORY_GIB', 'CPU_SECONDS_PER_CLIP', 'MAY_CHANGE_ON_RESUME', 'FLAGS', 'GRADIENT_NOTE',
-           'run_preset', 'auto_preset', 'resolve_params', 'Dist', 'init_distributed', 'InsufficientMemoryError',
-           'memory_needed', 'memory_free', 'check_memory', 'cpu_warning', 'default_run_name', 'checkpoint_state',
-           'item_seed', 'SeededBatches', 'data_dir', 'synthetic_catalog', 'load_catalogs', 'scene_table',
+           'PretrainConfig', 'run_preset', 'auto_preset', 'pretrain_errors', 'Dist', 'init_distributed',
+           'InsufficientMemoryError', 'memory_needed', 'memory_free', 'check_memory', 'cpu_warning', 'default_run_name',
+           'checkpoint_state', 'SeededBatches', 'data_dir', 'synthetic_catalog', 'load_catalogs', 'scene_table',
            'scene_fallback', 'build_loader', 'plot_loss', 'measure_heldout', 'build_model', 'total_steps',
            'NonFiniteStepError', 'train_step', 'agree', 'StepHealth', 'open_run', 'TextProgress', 'pretrain',
            'finish_run', 'parse_value', 'parse_cli', 'main']
@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -31,9 +32,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .catalog import Catalog
-from .core import (Param, ParamError, annotated, atomic_write_bytes, autocast, default_runs_dir, get_device,
-                       git_revision, is_bool, is_float, is_int, is_resume, is_str, one_of, repo_root, seed_everything, uses_bf16,
-                       validate_params)
+from .config import RunConfig, param
+from .core import (ParamError, annotated, atomic_write_bytes, autocast, default_runs_dir, get_device, git_revision,
+                       is_bool, is_float, is_int, is_str, one_of, repo_root, seed_everything, uses_bf16)
 from .datasets import SnippetDataset, substitute
 from .discrepancy import heldout_measures
 from .losses import nce_loss
@@ -44,7 +45,7 @@ from .samplers import make_sampler
 from .segment import SnippetGrid
 from .sync_bn import convert_sync_batchnorm
 from .synth import make_corpus
-from .transforms import to_model_inputs
+from .transforms import item_seed, to_model_inputs
 from .scenes import title_scenes
 from .rundir import (STOPPED_EXIT, MetricsLog, RunDir, RunStopped, StopSignals, LoaderSignals,
                          load_checkpoint, read_metrics, read_summary, rng_states, set_rng_states)
@@ -56,50 +57,65 @@ def _is_window(v):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         return f'must be a positive integer or "all", got {v!r}'
 
-PRETRAIN_SPEC = {
-    'data': Param('synthetic', is_str(), 'catalog CSV (source or prepared titles), or "synthetic" for the bundled corpus'),
-    'k': Param(16, is_int(1), 'snippets per title in a batch (1: i.i.d. sampling)'),
-    'w': Param('all', _is_window, 'window (in snippets) holding a title\'s k snippets; "all": anywhere in the title'),
-    'window': Param('index', one_of('index', 'scene'), "where a title's k snippets lie: within w snippets (index), or within one shot long enough for k, else as index (scene)"),
-    'sigma': Param(0.0, is_float(0, 1), 'colour jitter strength (brightness, contrast, saturation ~ U[1-sigma, 1+sigma])'),
-    'normalize': Param(False, is_bool(), 'l2-normalise embeddings and divide by tau (False: raw dot products, as the paper)'),
-    'tau': Param(0.07, is_float(0, lo_open=True), 'temperature when normalize is True'),
-    'batch_size': Param(None, is_int(1, none_ok=True), 'global batch over all ranks (None: the preset recipe)'),
-    'epochs': Param(None, is_float(0, lo_open=True, none_ok=True), 'length in epochs (an epoch: the sampler length); max_steps wins when both are set'),
-    'max_steps': Param(None, is_int(1, none_ok=True), 'length in optimiser steps (None: the recipe, unless epochs is set)'),
-    'lr': Param(None, is_float(0, lo_open=True, none_ok=True), 'peak learning rate (None: the recipe)'),
-    'warmup_steps': Param(None, is_int(0, none_ok=True), 'linear warmup steps (None: the recipe)'),
-    'weight_decay': Param(1e-5, is_float(0), 'AdamW weight decay (weights only)'),
-    'preset': Param('auto', one_of('auto', 'paper', 'tiny'), 'model and input sizes (avss.models.PRESETS); auto: paper with a GPU, tiny without'),
-    'crop': Param(None, is_int(8, none_ok=True), "side of the video crop (None: the preset's; tiny at 32 trains about 3x faster on a CPU)"),
-    'short_side': Param(None, is_int(8, none_ok=True), "shorter side the frames are scaled to before cropping (None: the preset's)"),
-    'precision': Param('auto', one_of('auto', 'fp32', 'bf16'), 'bf16 autocast or fp32; auto: bf16 on a GPU, fp32 on the CPU'),
-    'channels_last': Param(True, is_bool(), 'channels-last memory format (on a GPU)'),
-    'compile': Param(False, is_bool(), 'torch.compile the model'),
-    'sync_bn': Param(True, is_bool(), 'batch statistics over the global batch on several ranks (see below)'),
-    'num_workers': Param(None, is_int(0, none_ok=True), 'data-loader processes per rank (None: min(8, cores per rank))'),
-    'seed': Param(0, is_int(0), 'seeds model initialisation, sampling and augmentation'),
-    'heldout': Param(0.1, is_float(0, 0.9), 'fraction of groups (shows, movies) held out from training for measurements'),
-    'split_seed': Param(0, is_int(0), 'seed of the held-out split (kept apart from `seed` so runs share held-out titles)'),
-    'spec_drop': Param(0.25, is_float(0, 1), 'SpecDrop: largest fraction of the time or frequency axis zeroed'),
-    'log_every': Param(10, is_int(1), 'steps between metrics.jsonl lines'),
-    'checkpoint_every': Param(None, is_int(1, none_ok=True), 'steps between checkpoints/last.pt (None: the recipe)'),
-    'keep_every': Param(None, is_int(1, none_ok=True), 'steps between kept periodic checkpoints (None: none kept)'),
-    'eval_every': Param(None, is_int(1, none_ok=True), 'steps between held-out measurements (None: at the end only; 0 is not allowed)'),
-    'eval_titles': Param(None, is_int(1, none_ok=True), 'held-out titles measured (None: all)'),
-    'eval_snippets': Param(16, is_int(2), 'snippets per held-out title for the measurements'),
-    'run_name': Param(None, is_str(none_ok=True), 'run directory name under runs_dir (None: made from the parameters and the time)'),
-    'runs_dir': Param(None, is_str(none_ok=True), 'folder of run directories (None: runs/ at the repository root)'),
-    'resume': Param('auto', is_resume(), 'True: continue run_name; False: refuse an existing run; auto: continue it if it exists'),
-    'device': Param('auto', is_str(), '"auto" (cuda, then cpu), "cpu", "cuda", "cuda:1", ...'),
-    'deterministic': Param(False, is_bool(), 'deterministic algorithms (slower; used by the resume and torchrun tests)'),
-    'skip_nonfinite': Param(0, is_int(0), 'steps with a non-finite loss or gradient skipped (no update) before the run stops'),
-}
+@dataclass(frozen=True)
+class PretrainConfig(RunConfig):
+    "The parameters of a pretraining run (the pretrain notebook's, `avss pretrain -p`'s); `resolve` fills in the recipe."
+    data: str = param('synthetic', is_str(), 'catalog CSV (source or prepared titles), or "synthetic" for the bundled corpus')
+    k: int = param(16, is_int(1), 'snippets per title in a batch (1: i.i.d. sampling)')
+    w: int | str = param('all', _is_window, 'window (in snippets) holding a title\'s k snippets; "all": anywhere in the title')
+    window: str = param('index', one_of('index', 'scene'), "where a title's k snippets lie: within w snippets (index), or within one shot long enough for k, else as index (scene)")
+    sigma: float = param(0.0, is_float(0, 1), 'colour jitter strength (brightness, contrast, saturation ~ U[1-sigma, 1+sigma])')
+    normalize: bool = param(False, is_bool(), 'l2-normalise embeddings and divide by tau (False: raw dot products, as the paper)')
+    tau: float = param(0.07, is_float(0, lo_open=True), 'temperature when normalize is True')
+    batch_size: int | None = param(None, is_int(1, none_ok=True), 'global batch over all ranks (None: the preset recipe)')
+    epochs: float | None = param(None, is_float(0, lo_open=True, none_ok=True), 'length in epochs (an epoch: the sampler length); max_steps wins when both are set')
+    max_steps: int | None = param(None, is_int(1, none_ok=True), 'length in optimiser steps (None: the recipe, unless epochs is set)')
+    lr: float | None = param(None, is_float(0, lo_open=True, none_ok=True), 'peak learning rate (None: the recipe)')
+    warmup_steps: int | None = param(None, is_int(0, none_ok=True), 'linear warmup steps (None: the recipe)')
+    weight_decay: float = param(1e-5, is_float(0), 'AdamW weight decay (weights only)')
+    preset: str = param('auto', one_of('auto', 'paper', 'tiny'), 'model and input sizes (avss.models.PRESETS); auto: paper with a GPU, tiny without')
+    crop: int | None = param(None, is_int(8, none_ok=True), "side of the video crop (None: the preset's; tiny at 32 trains about 3x faster on a CPU)")
+    short_side: int | None = param(None, is_int(8, none_ok=True), "shorter side the frames are scaled to before cropping (None: the preset's)")
+    precision: str = param('auto', one_of('auto', 'fp32', 'bf16'), 'bf16 autocast or fp32; auto: bf16 on a GPU, fp32 on the CPU')
+    channels_last: bool = param(True, is_bool(), 'channels-last memory format (on a GPU)')
+    compile: bool = param(False, is_bool(), 'torch.compile the model')
+    sync_bn: bool = param(True, is_bool(), 'batch statistics over the global batch on several ranks (see below)')
+    num_workers: int | None = param(None, is_int(0, none_ok=True), 'data-loader processes per rank (None: min(8, cores per rank))')
+    seed: int = param(0, is_int(0), 'seeds model initialisation, sampling and augmentation')
+    heldout: float = param(0.1, is_float(0, 0.9), 'fraction of groups (shows, movies) held out from training for measurements')
+    split_seed: int = param(0, is_int(0), 'seed of the held-out split (kept apart from `seed` so runs share held-out titles)')
+    spec_drop: float = param(0.25, is_float(0, 1), 'SpecDrop: largest fraction of the time or frequency axis zeroed')
+    log_every: int = param(10, is_int(1), 'steps between metrics.jsonl lines')
+    checkpoint_every: int | None = param(None, is_int(1, none_ok=True), 'steps between checkpoints/last.pt (None: the recipe)')
+    keep_every: int | None = param(None, is_int(1, none_ok=True), 'steps between kept periodic checkpoints (None: none kept)')
+    eval_every: int | None = param(None, is_int(1, none_ok=True), 'steps between held-out measurements (None: at the end only; 0 is not allowed)')
+    eval_titles: int | None = param(None, is_int(1, none_ok=True), 'held-out titles measured (None: all)')
+    eval_snippets: int = param(16, is_int(2), 'snippets per held-out title for the measurements')
+    deterministic: bool = param(False, is_bool(), 'deterministic algorithms (slower; used by the resume and torchrun tests)')
+    skip_nonfinite: int = param(0, is_int(0), 'steps with a non-finite loss or gradient skipped (no update) before the run stops')
 
-def run_preset(p: dict):
-    "The model preset of a run: `p['preset']` with the run's `crop` and `short_side` when they are set."
-    sizes = {k: p[k] for k in ('crop', 'short_side') if p.get(k) is not None}
-    return dataclasses.replace(get_preset(p['preset']), **sizes)
+    @classmethod
+    def resolve(cls, given) -> 'PretrainConfig':
+        "The config of `given` (a dict or a config) with the preset's recipe filled in; a ParamError names each bad parameter."
+        cfg = given if isinstance(given, cls) else cls.from_params(given, 'pretraining parameters')
+        if cfg.preset == 'auto': cfg = cfg.replace(preset=auto_preset(cfg.device)[0])
+        recipe = RECIPES[cfg.preset]
+        pick = lambda value, key: recipe[key] if value is None else value
+        cfg = cfg.replace(batch_size=pick(cfg.batch_size, 'batch_size'), lr=pick(cfg.lr, 'lr'),
+                          warmup_steps=pick(cfg.warmup_steps, 'warmup_steps'),
+                          checkpoint_every=pick(cfg.checkpoint_every, 'checkpoint_every'),
+                          max_steps=pick(cfg.max_steps, 'max_steps') if cfg.epochs is None else cfg.max_steps,
+                          w='all' if cfg.w is None else cfg.w)
+        if errors := pretrain_errors(cfg): raise ParamError('invalid pretraining parameters:\n  ' + '\n  '.join(errors))
+        return cfg
+
+PRETRAIN_SPEC = PretrainConfig.spec()        # {name: Param}: what the CLI, the README and the notebook cell show
+
+# %% ../nbs/09_train.ipynb #c006
+def run_preset(cfg: PretrainConfig):
+    "The model preset of a run: `cfg.preset` with the run's `crop` and `short_side` when they are set."
+    sizes = dict(crop=cfg.crop, short_side=cfg.short_side)
+    return dataclasses.replace(get_preset(cfg.preset), **{k: v for k, v in sizes.items() if v is not None})
 
 RECIPES = {
     'paper': dict(batch_size=512, lr=5e-4, warmup_steps=2000, max_steps=100_000, checkpoint_every=1000),
@@ -111,24 +127,15 @@ def auto_preset(device: str = 'auto') -> tuple[str, str]:
     gpu = get_device(device).type == 'cuda'
     return ('paper', 'a GPU is present') if gpu else ('tiny', 'no GPU')
 
-# %% ../nbs/09_train.ipynb #c006
-def resolve_params(given: dict) -> dict:
-    "Validate `given` against PRETRAIN_SPEC and fill the preset recipe; raises ParamError naming any bad parameter."
-    p = validate_params(given, PRETRAIN_SPEC, 'pretraining parameters')
-    if p['preset'] == 'auto': p['preset'] = auto_preset(p['device'])[0]
-    recipe = RECIPES[p['preset']]
-    for key in ('batch_size', 'lr', 'warmup_steps', 'checkpoint_every'):
-        if p[key] is None: p[key] = recipe[key]
-    if p['max_steps'] is None and p['epochs'] is None: p['max_steps'] = recipe['max_steps']
-    if p['w'] is None: p['w'] = 'all'
+def pretrain_errors(cfg: PretrainConfig) -> list[str]:
+    "What is wrong with a combination of parameters that each pass their own check."
     errors = []
-    if p['batch_size'] % p['k']: errors.append(f"parameter 'batch_size' ({p['batch_size']}) must be divisible by k ({p['k']})")
-    if p['w'] != 'all' and p['w'] < p['k']: errors.append(f"parameter 'w' ({p['w']}) must be >= k ({p['k']})")
-    if p['eval_every'] == 0: errors.append("parameter 'eval_every' must be None or >= 1")
-    pr = run_preset(p)
+    if cfg.batch_size % cfg.k: errors.append(f"parameter 'batch_size' ({cfg.batch_size}) must be divisible by k ({cfg.k})")
+    if cfg.w != 'all' and cfg.w < cfg.k: errors.append(f"parameter 'w' ({cfg.w}) must be >= k ({cfg.k})")
+    if cfg.eval_every == 0: errors.append("parameter 'eval_every' must be None or >= 1")
+    pr = run_preset(cfg)
     if pr.crop > pr.short_side: errors.append(f"parameter 'crop' ({pr.crop}) must be <= short_side ({pr.short_side})")
-    if errors: raise ParamError('invalid pretraining parameters:\n  ' + '\n  '.join(errors))
-    return p
+    return errors
 
 # %% ../nbs/09_train.ipynb #c009
 class Dist:
@@ -162,15 +169,15 @@ CPU_SECONDS_PER_CLIP = {'paper': 27.0, 'tiny': 0.2}
 class InsufficientMemoryError(MemoryError):
     "The per-rank batch does not fit the device."
 
-def _precision(p: dict, d: Dist) -> str:
-    return 'bf16' if uses_bf16(d.device, p['precision']) else 'fp32'
+def _precision(cfg: PretrainConfig, d: Dist) -> str:
+    return 'bf16' if uses_bf16(d.device, cfg.precision) else 'fp32'
 
-def memory_needed(p: dict, d: Dist) -> tuple[float, float, float]:
+def memory_needed(cfg: PretrainConfig, d: Dist) -> tuple[float, float, float]:
     "(estimated GiB, fixed GiB, GiB per clip) of one rank's training step."
     kind = 'cuda' if d.device.type == 'cuda' else 'cpu'
-    fixed, per_clip = MEMORY_GIB.get((p['preset'], kind, _precision(p, d)), MEMORY_GIB[(p['preset'], kind, 'fp32')])
-    per_clip *= (run_preset(p).crop / get_preset(p['preset']).crop) ** 2
-    return fixed + per_clip * p['batch_size'] / d.world_size, fixed, per_clip
+    fixed, per_clip = MEMORY_GIB.get((cfg.preset, kind, _precision(cfg, d)), MEMORY_GIB[(cfg.preset, kind, 'fp32')])
+    per_clip *= (run_preset(cfg).crop / get_preset(cfg.preset).crop) ** 2
+    return fixed + per_clip * cfg.batch_size / d.world_size, fixed, per_clip
 
 def memory_free(d: Dist) -> float | None:
     "GiB free on the run's device: the GPU's free memory, or the machine's available RAM (None when unknown)."
@@ -180,48 +187,44 @@ def memory_free(d: Dist) -> float | None:
     kib = next((int(l.split()[1]) for l in meminfo.splitlines() if l.startswith('MemAvailable:')), None)
     return None if kib is None else kib / 2**20
 
-def check_memory(p: dict, d: Dist, free: float | None = None):
+def check_memory(cfg: PretrainConfig, d: Dist, free: float | None = None):
     "Stop before the first step, with the numbers and the ways out, when the per-rank batch cannot fit."
-    need, fixed, per_clip = memory_needed(p, d)
+    need, fixed, per_clip = memory_needed(cfg, d)
     free = memory_free(d) if free is None else free
     if free is None or need <= free: return
-    per_rank = p['batch_size'] // d.world_size
-    fits = int((free - fixed) / per_clip) // p['k'] * p['k'] * d.world_size
+    per_rank = cfg.batch_size // d.world_size
+    fits = int((free - fixed) / per_clip) // cfg.k * cfg.k * d.world_size
     ranks = -(-int(need - fixed) // max(1, int(free - fixed))) if free > fixed else None
-    ways = [f"a smaller batch: -p batch_size {fits}" if fits >= p['k'] else None,
+    ways = [f"a smaller batch: -p batch_size {fits}" if fits >= cfg.k else None,
             f"more ranks: torchrun --nproc_per_node {ranks * d.world_size} (each rank holds batch_size / ranks)" if ranks else None,
-            "the tiny preset: -p preset tiny" if p['preset'] != 'tiny' else None]
+            "the tiny preset: -p preset tiny" if cfg.preset != 'tiny' else None]
     raise InsufficientMemoryError(
-        f"batch_size {p['batch_size']} needs about {need:.1f} GiB on each of {d.world_size} rank(s) ({per_rank} clips of "
+        f"batch_size {cfg.batch_size} needs about {need:.1f} GiB on each of {d.world_size} rank(s) ({per_rank} clips of "
         f"about {per_clip:.3f} GiB plus {fixed:.1f} GiB), but {d.device} has {free:.1f} GiB free. Ways out:\n  "
         + '\n  '.join(w for w in ways if w))
 
-def cpu_warning(p: dict, d: Dist) -> str | None:
+def cpu_warning(cfg: PretrainConfig, d: Dist) -> str | None:
     "What the paper preset on a CPU costs per step (None elsewhere)."
-    if d.device.type == 'cuda' or p['preset'] != 'paper': return None
-    s = CPU_SECONDS_PER_CLIP['paper'] * p['batch_size'] / d.world_size
-    return (f"warning: the paper preset on a CPU takes about {s / 60:.0f} minutes a step at batch {p['batch_size']} "
+    if d.device.type == 'cuda' or cfg.preset != 'paper': return None
+    s = CPU_SECONDS_PER_CLIP['paper'] * cfg.batch_size / d.world_size
+    return (f"warning: the paper preset on a CPU takes about {s / 60:.0f} minutes a step at batch {cfg.batch_size} "
             f"({CPU_SECONDS_PER_CLIP['paper']:.0f} s a clip on two cores); -p preset tiny is the CPU-sized model")
 
 # %% ../nbs/09_train.ipynb #c016
 MAY_CHANGE_ON_RESUME = {'resume', 'num_workers', 'device', 'runs_dir', 'log_every', 'eval_every', 'keep_every',
                         'checkpoint_every', 'eval_titles', 'skip_nonfinite'}
 
-def default_run_name(p: dict) -> str:
-    w = p['w'] if p['w'] != 'all' else 'all'
-    return f"{p['preset']}-k{p['k']}-w{w}-s{p['seed']}-{time.strftime('%Y%m%d-%H%M%S')}"
+def default_run_name(cfg: PretrainConfig) -> str:
+    w = cfg.w if cfg.w != 'all' else 'all'
+    return f"{cfg.preset}-k{cfg.k}-w{w}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
 
-def checkpoint_state(step: int, model, optimizer, scheduler, sampler_state: dict, p: dict) -> dict:
+def checkpoint_state(step: int, model, optimizer, scheduler, sampler_state: dict, cfg: PretrainConfig) -> dict:
     "Everything a run continues from, as tensors and plain values."
-    return {'format': 'avss.pretrain', 'version': 2, 'step': step, 'params': p, 'preset': dataclasses.asdict(run_preset(p)),
+    return {'format': 'avss.pretrain', 'version': 2, 'step': step, 'params': cfg.to_params(), 'preset': dataclasses.asdict(run_preset(cfg)),
             'model': unwrap(model).state_dict(), 'optimizer': optimizer.state_dict(),
             'scheduler': scheduler.state_dict(), 'scaler': None, 'sampler': sampler_state, 'rng': rng_states()}
 
 # %% ../nbs/09_train.ipynb #c018
-def item_seed(seed: int, epoch: int, batch: int, position: int) -> int:
-    "A 63-bit seed for one sample of one global batch."
-    return int(np.random.SeedSequence([seed, epoch, batch, position]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
 class SeededBatches:
     "A batch sampler yielding (n, m, seed) for each (n, m) of `sampler`'s batches (this rank's share)."
     def __init__(self, sampler, seed: int, broken: set | None = None):
@@ -248,16 +251,16 @@ def synthetic_catalog(short_side: int, progress: bool = True):
     prepared, _ = prepare(corpus, root/f'prepared-{short_side}', short_side=short_side, progress=progress)
     return prepared
 
-def load_catalogs(p: dict, preset, progress: bool = True):
+def load_catalogs(cfg: PretrainConfig, preset, progress: bool = True):
     "(train catalog, held-out catalog, report of titles left out) for the run's `data` parameter."
-    if p['data'] == 'synthetic': cat = synthetic_catalog(preset.short_side, progress)
+    if cfg.data == 'synthetic': cat = synthetic_catalog(preset.short_side, progress)
     else:
-        path = Path(p['data'])
+        path = Path(cfg.data)
         if not path.exists(): raise ParamError(f"parameter 'data': no catalog at {path}")
         cat = Catalog.read(path)
     usable, report = cat.usable(frames=preset.frames, fps=preset.fps)
-    if len(usable) == 0: raise ValueError(f"parameter 'data': no usable title in {p['data']}:\n{report}")
-    train, held = usable.split(heldout=p['heldout'], seed=p['split_seed'])
+    if len(usable) == 0: raise ValueError(f"parameter 'data': no usable title in {cfg.data}:\n{report}")
+    train, held = usable.split(heldout=cfg.heldout, seed=cfg.split_seed)
     return train, held, report
 
 def scene_table(cat, progress: bool = True) -> dict[int, list[float]]:
@@ -266,23 +269,23 @@ def scene_table(cat, progress: bool = True) -> dict[int, list[float]]:
         raise ParamError("parameter 'window': 'scene' needs prepared titles (data_scripts/prepare.py), which store their shots")
     return {n: title_scenes(path) for n, path in enumerate(tqdm(cat.df['path'], desc='scenes', unit='title', disable=not progress))}
 
-def scene_fallback(sampler, p: dict) -> dict:
+def scene_fallback(sampler, cfg: PretrainConfig) -> dict:
     "With scene windows: how many sampled titles use them and how many fall back to the index window (no shot of k snippets)."
-    if p['window'] != 'scene' or p['k'] == 1: return {}
+    if cfg.window != 'scene' or cfg.k == 1: return {}
     usable = len(sampler.usable)
     return dict(scene_titles=usable - sampler.scene_fallback, scene_fallback=sampler.scene_fallback,
                 scene_fallback_rate=sampler.scene_fallback / max(1, usable))
 
-def build_loader(cat, p: dict, preset, d: Dist, train: bool = True):
+def build_loader(cat, cfg: PretrainConfig, preset, d: Dist, train: bool = True):
     "(DataLoader over this rank's share of every batch, its sampler) for a training catalog; titles that fail are stood in for."
     grid = SnippetGrid(cat, frames=preset.frames, fps=preset.fps)
-    scenes = scene_table(cat, progress=d.main) if p['window'] == 'scene' and p['k'] > 1 else None
-    sampler = make_sampler(grid, p['k'], None if p['w'] == 'all' else p['w'], p['batch_size'], seed=p['seed'],
+    scenes = scene_table(cat, progress=d.main) if cfg.window == 'scene' and cfg.k > 1 else None
+    sampler = make_sampler(grid, cfg.k, None if cfg.w == 'all' else cfg.w, cfg.batch_size, seed=cfg.seed,
                            rank=d.rank, world_size=d.world_size, scenes=scenes)
     dataset = SnippetDataset(cat, grid, train=train, short_side=preset.short_side, crop=preset.crop, substitute=True)
-    workers = p['num_workers']
+    workers = cfg.num_workers
     if workers is None: workers = min(8, max(1, (os.cpu_count() or 2) // d.world_size))
-    loader = DataLoader(dataset, batch_sampler=SeededBatches(sampler, p['seed']), num_workers=workers,
+    loader = DataLoader(dataset, batch_sampler=SeededBatches(sampler, cfg.seed), num_workers=workers,
                         pin_memory=d.device.type == 'cuda', persistent_workers=workers > 0,
                         prefetch_factor=4 if workers else None, worker_init_fn=LoaderSignals() if workers else None)
     return loader, sampler
@@ -303,32 +306,33 @@ def plot_loss(run_dir, ax=None, save: bool = True):
     return ax
 
 # %% ../nbs/09_train.ipynb #c025
-def measure_heldout(model, held, p: dict, preset, d: Dist) -> dict:
+def measure_heldout(model, held, cfg: PretrainConfig, preset, d: Dist) -> dict:
     "The held-out measures of `model` on catalog `held` (rank 0 only; {} without held-out titles)."
     if held is None or len(held) == 0 or not d.main: return {}
-    return heldout_measures(unwrap(model), held, preset, snippets_per_title=p['eval_snippets'],
-                            titles=p['eval_titles'], seed=p['split_seed'], device=d.device)
+    return heldout_measures(unwrap(model), held, preset, snippets_per_title=cfg.eval_snippets,
+                            titles=cfg.eval_titles, seed=cfg.split_seed, device=d.device)
 
 # %% ../nbs/09_train.ipynb #c027
-def build_model(p: dict, d: Dist):
+def build_model(cfg: PretrainConfig, d: Dist):
     "AVModel of the preset on the device, with SyncBatchNorm, channels-last, DDP and compile as asked."
-    seed_everything(p['seed'])          # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = AVModel(run_preset(p))
-    if p['sync_bn'] and d.distributed:
+    seed_everything(cfg.seed)          # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = AVModel(run_preset(cfg))
+    if cfg.sync_bn and d.distributed:
         model = convert_sync_batchnorm(model, d.device)
     model = model.to(d.device)
-    if p['channels_last'] and d.device.type == 'cuda': model.channels_last()   # weights, and inputs as they come in
+    if cfg.channels_last and d.device.type == 'cuda': model.channels_last()   # weights, and inputs as they come in
     return model
 
-def _wrap(model, p, d):
+def _wrap(model, cfg, d):
     if d.distributed:
         model = DDP(model, device_ids=[d.device.index] if d.device.type == 'cuda' else None)
-    return torch.compile(model) if p['compile'] else model
+    return torch.compile(model) if cfg.compile else model
 
-def total_steps(p: dict, steps_per_epoch: int) -> int:
+def total_steps(cfg: PretrainConfig, steps_per_epoch: int) -> int:
     "max_steps, or epochs x steps per epoch."
-    return p['max_steps'] if p['max_steps'] is not None else max(1, int(round(p['epochs'] * steps_per_epoch)))
+    return cfg.max_steps if cfg.max_steps is not None else max(1, int(round(cfg.epochs * steps_per_epoch)))
 
+# %% ../nbs/09_train.ipynb #c027a
 class NonFiniteStepError(FloatingPointError):
     "A training step whose loss, embeddings or gradients hold NaN or infinity (beyond the steps `skip_nonfinite` allows)."
 
@@ -346,12 +350,12 @@ def _not_finite(xs, squared: bool = False) -> torch.Tensor:
     largest = torch.nn.utils.get_total_norm(xs, norm_type=float('inf'))
     return (~torch.isfinite(largest * largest if squared else largest)).float()
 
-def train_step(model, optimizer, batch, p: dict, d: Dist) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(model, optimizer, batch, cfg: PretrainConfig, d: Dist) -> tuple[torch.Tensor, torch.Tensor]:
     "Forward, loss and backward on this rank's share of a global batch; returns the loss and `FLAGS[:-1]` (1.0 = not finite)."
-    video, audio = to_model_inputs(batch, d.device, train=True, sigma=p['sigma'], spec_drop=p['spec_drop'])
-    with autocast(d.device, p['precision']):
+    video, audio = to_model_inputs(batch, d.device, train=True, sigma=cfg.sigma, spec_drop=cfg.spec_drop)
+    with autocast(d.device, cfg.precision):
         z_v, z_a = model(video, audio)
-    loss = nce_loss(z_v.float(), z_a.float(), normalize=p['normalize'], tau=p['tau'] if p['normalize'] else None,
+    loss = nce_loss(z_v.float(), z_a.float(), normalize=cfg.normalize, tau=cfg.tau if cfg.normalize else None,
                     check_finite=False)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -360,6 +364,7 @@ def train_step(model, optimizer, batch, p: dict, d: Dist) -> tuple[torch.Tensor,
                        _not_finite(gv, squared=True).to(loss.device), _not_finite(ga, squared=True).to(loss.device)])
     return loss.detach(), bad
 
+# %% ../nbs/09_train.ipynb #c027b
 def agree(bad: torch.Tensor, stop: bool, d: Dist) -> torch.Tensor:
     "`FLAGS` agreed by every rank (any rank's NaN or signal counts for all), on the device: nothing waits for the GPU."
     flags = torch.cat([bad.float(), torch.full((1,), float(stop), device=bad.device)])   # full: no host-to-device copy
@@ -411,24 +416,24 @@ def _update(model, optimizer, flags: torch.Tensor, buffers: list, saved: list):
     optimizer.step()
     for b, s in zip(buffers, saved): torch.where(bad > 0, s, b, out=b)
 
-def _check_health(h: dict, skipped: int, p: dict, run_dir) -> int:
+def _check_health(h: dict, skipped: int, cfg: PretrainConfig, run_dir) -> int:
     "Skipped steps so far; NonFiniteStepError past `skip_nonfinite` (read at a sync point)."
     if not h['skipped']: return skipped
     skipped += h['skipped']
     what = f"step {h['first_bad']}: not finite: {_describe(h['flags'])}"
-    if skipped > p['skip_nonfinite']:
+    if skipped > cfg.skip_nonfinite:
         raise NonFiniteStepError(f'run {run_dir}: {what}; no update was made and the last checkpoint is as it was '
-                                 f'({skipped} non-finite step(s), skip_nonfinite={p["skip_nonfinite"]})')
-    print(f"{what}; {h['skipped']} step(s) skipped without an update ({skipped} of at most {p['skip_nonfinite']})", file=sys.stderr)
+                                 f'({skipped} non-finite step(s), skip_nonfinite={cfg.skip_nonfinite})')
+    print(f"{what}; {h['skipped']} step(s) skipped without an update ({skipped} of at most {cfg.skip_nonfinite})", file=sys.stderr)
     return skipped
 
-def open_run(p: dict, d: Dist, name: str) -> tuple[RunDir | None, dict | None]:
+def open_run(cfg: PretrainConfig, d: Dist, name: str) -> tuple[RunDir | None, dict | None]:
     "Rank 0 opens (and locks) the run directory; every rank gets the checkpoint to continue from (or None)."
     rd, box = None, [None, None]
     if d.main:
-        root = Path(p['runs_dir']) if p['runs_dir'] else default_runs_dir()
+        root = Path(cfg.runs_dir) if cfg.runs_dir else default_runs_dir()
         try:
-            rd = RunDir.open(root, name, {**p, 'run_name': name}, p['resume'], MAY_CHANGE_ON_RESUME)
+            rd = RunDir.open(root, name, {**cfg.to_params(), 'run_name': name}, cfg.resume, MAY_CHANGE_ON_RESUME)
             ckpt, path = rd.load_latest()
             box = [str(rd.path), str(path) if path else None]
         except Exception as e:
@@ -441,10 +446,10 @@ def open_run(p: dict, d: Dist, name: str) -> tuple[RunDir | None, dict | None]:
         if not d.main: ckpt = load_checkpoint(box[1]) if box[1] else None
     return rd, ckpt
 
-def _preset_line(given: dict, p: dict) -> str:
+def _preset_line(given: dict, cfg: PretrainConfig) -> str:
     "The first line of a run: its preset, and how it was chosen."
-    if given.get('preset', 'auto') != 'auto': return f"preset {p['preset']}"
-    return f"preset {p['preset']} (auto: {auto_preset(p['device'])[1]}; choose with -p preset paper or -p preset tiny)"
+    if given.get('preset', 'auto') != 'auto': return f"preset {cfg.preset}"
+    return f"preset {cfg.preset} (auto: {auto_preset(cfg.device)[1]}; choose with -p preset paper or -p preset tiny)"
 
 def _hms(seconds: float) -> str:
     m, s = divmod(int(seconds), 60)
@@ -478,34 +483,34 @@ def _record_failures(batch: dict, cat, broken: set, run_path: Path, step: int):
 # %% ../nbs/09_train.ipynb #c031
 def pretrain(params: dict, progress: bool = True) -> Path:
     "Pretrain with `params` (see PRETRAIN_SPEC); returns the run directory. Resumable; works under torchrun."
-    p = resolve_params(params)
-    d = init_distributed(p['device'])
-    if d.main: print(_preset_line(params, p))
-    if d.main and (warning := cpu_warning(p, d)): print(warning, file=sys.stderr)
-    if p['deterministic']: torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = not p['deterministic']   # cuDNN times its algorithms once per input shape
-    preset = run_preset(p)
-    if d.distributed and p['run_name'] is None:
+    cfg = PretrainConfig.resolve(params)
+    d = init_distributed(cfg.device)
+    if d.main: print(_preset_line(params, cfg))
+    if d.main and (warning := cpu_warning(cfg, d)): print(warning, file=sys.stderr)
+    if cfg.deterministic: torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not cfg.deterministic   # cuDNN times its algorithms once per input shape
+    preset = run_preset(cfg)
+    if d.distributed and cfg.run_name is None:
         raise ParamError("parameter 'run_name' must be given when running on several processes")
-    name = p['run_name'] or default_run_name(p)
-    check_memory(p, d)
+    name = cfg.run_name or default_run_name(cfg)
+    check_memory(cfg, d)
 
     # ============ checking data and model (nothing is written before they pass) ============
-    train_cat, held_cat, report = load_catalogs(p, preset, progress=progress and d.main)
+    train_cat, held_cat, report = load_catalogs(cfg, preset, progress=progress and d.main)
     if d.main and len(report): print(f'{len(report)} title(s) left out:\n{report.to_string(index=False)}')
-    loader, sampler = build_loader(train_cat, p, preset, d)
-    scenes = scene_fallback(sampler, p)
-    if d.main and scenes: print(f"scene windows: {scenes['scene_titles']} titles have a shot of at least k={p['k']} snippets; "
+    loader, sampler = build_loader(train_cat, cfg, preset, d)
+    scenes = scene_fallback(sampler, cfg)
+    if d.main and scenes: print(f"scene windows: {scenes['scene_titles']} titles have a shot of at least k={cfg.k} snippets; "
                                 f"{scenes['scene_fallback']} ({100 * scenes['scene_fallback_rate']:.0f}%) use the index window")
     steps_per_epoch = len(sampler)
-    steps = total_steps(p, steps_per_epoch)
-    model = build_model(p, d)
-    optimizer = make_optimizer(model, p['lr'], p['weight_decay'])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, p['warmup_steps'], steps))
+    steps = total_steps(cfg, steps_per_epoch)
+    model = build_model(cfg, d)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, steps))
 
     # ============ opening the run ============
-    rd, ckpt = open_run(p, d, name)
-    run_dir, log = (rd.path if d.main else Path(p['runs_dir'] or default_runs_dir())/name), None
+    rd, ckpt = open_run(cfg, d, name)
+    run_dir, log = (rd.path if d.main else Path(cfg.runs_dir or default_runs_dir())/name), None
     try:
         if d.main: print(f'run {run_dir} | git {git_revision()} | {d}')
         if ckpt is not None and ckpt['step'] >= steps and read_summary(run_dir) is not None:
@@ -519,18 +524,18 @@ def pretrain(params: dict, progress: bool = True) -> Path:
         ids = {t: i for i, t in enumerate(train_cat.df['title_id'])}
         broken.update(ids[r['title_id']] for r in RunDir(run_dir).quarantined() if r['title_id'] in ids)
         loader.dataset.broken = set(broken)
-        model = _wrap(model, p, d)
+        model = _wrap(model, cfg, d)
         log = MetricsLog(run_dir, enabled=d.main, resume_step=step if ckpt is not None else None)
         if scenes and step == 0: log.log(0, **scenes)
         if d.main: print(f'{len(train_cat)} training titles, {len(held_cat)} held-out; {sampler!r}; '
                          f'{steps_per_epoch} batches per epoch, {steps} steps' + (f'; continuing at step {step}' if step else '')
                          + (f'; {len(broken)} title(s) quarantined' if broken else ''))
         with StopSignals() as stop:
-            _train(model, optimizer, scheduler, loader, sampler, log, stop, held_cat, p, preset, d, run_dir, rd, step, steps,
+            _train(model, optimizer, scheduler, loader, sampler, log, stop, held_cat, cfg, preset, d, run_dir, rd, step, steps,
                    progress and d.main)
 
         # ============ finishing ============
-        if d.main: finish_run(rd, model, held_cat, p, preset, d, log)
+        if d.main: finish_run(rd, model, held_cat, cfg, preset, d, log)
         if d.distributed: dist.barrier()
         return run_dir
     finally:
@@ -539,7 +544,7 @@ def pretrain(params: dict, progress: bool = True) -> Path:
         if rd is not None: rd.close()
 
 # %% ../nbs/09_train.ipynb #c032
-def _train(model, optimizer, scheduler, loader, sampler, log, stop, held_cat, p, preset, d, run_dir, rd, step, steps,
+def _train(model, optimizer, scheduler, loader, sampler, log, stop, held_cat, cfg, preset, d, run_dir, rd, step, steps,
            progress):
     "The training loop, from `step` to `steps`."
     model.train()
@@ -559,59 +564,59 @@ def _train(model, optimizer, scheduler, loader, sampler, log, stop, held_cat, p,
         window['wait'] += time.perf_counter() - t
         _record_failures(batch, loader.dataset.catalog, broken, run_dir, step + 1)
         saved = [b.clone() for b in buffers]
-        loss, bad = train_step(model, optimizer, batch, p, d)
+        loss, bad = train_step(model, optimizer, batch, cfg, d)
         flags = agree(bad, stop.signum is not None, d)
         _update(model, optimizer, flags, buffers, saved)
         scheduler.step()
         step += 1; window['steps'] += 1
         health.add(step, loss, flags)
         bar.update(1)
-        log_now = step % p['log_every'] == 0 or step == steps
-        eval_now = bool(p['eval_every']) and step % p['eval_every'] == 0 and step < steps
-        if not (log_now or eval_now or step % p['checkpoint_every'] == 0 or step == steps): continue
+        log_now = step % cfg.log_every == 0 or step == steps
+        eval_now = bool(cfg.eval_every) and step % cfg.eval_every == 0 and step < steps
+        if not (log_now or eval_now or step % cfg.checkpoint_every == 0 or step == steps): continue
         # ============ a sync point: the host reads what the device kept ============
         h = health.read(d)
-        skipped = _check_health(h, skipped, p, run_dir)
+        skipped = _check_health(h, skipped, cfg, run_dir)
         window['loss'] += h['loss']; window['updated'] += h['updated']
-        if log_now: window = _log_window(window, step, epoch, scheduler, p, log, bar, text)
+        if log_now: window = _log_window(window, step, epoch, scheduler, cfg, log, bar, text)
         if eval_now:                                                   # before the checkpoint: a checkpoint
-            m = measure_heldout(model, held_cat, p, preset, d)         # implies its measures
+            m = measure_heldout(model, held_cat, cfg, preset, d)         # implies its measures
             if m: log.log(step, split='heldout', **m)
             model.train()
         stopping = h['flags'][-1]
-        if step % p['checkpoint_every'] == 0 or step == steps or stopping:
+        if step % cfg.checkpoint_every == 0 or step == steps or stopping:
             if d.main:
-                keep = bool(p['keep_every']) and step % p['keep_every'] == 0
+                keep = bool(cfg.keep_every) and step % cfg.keep_every == 0
                 rd.save_checkpoint(checkpoint_state(step, model, optimizer, scheduler,
-                                                    sampler.state_dict(batches_done=step % steps_per_epoch), p), keep)
+                                                    sampler.state_dict(batches_done=step % steps_per_epoch), cfg), keep)
             if d.distributed: dist.barrier()
         if stopping and step < steps:
             bar.close()
             raise RunStopped(run_dir, step, stop.signum or signal.SIGTERM)
     bar.close()
 
-def _log_window(window: dict, step: int, epoch: int, scheduler, p: dict, log, bar, text: TextProgress) -> dict:
+def _log_window(window: dict, step: int, epoch: int, scheduler, cfg: PretrainConfig, log, bar, text: TextProgress) -> dict:
     "Log the mean loss of the updated steps since the last line, clips/s and the data wait; a fresh window."
     elapsed = time.perf_counter() - window['t0']
     n = window['updated']
     rec = dict(epoch=epoch, loss=window['loss'] / n if n else None, lr=scheduler.get_last_lr()[0],
-               clips_per_s=window['steps'] * p['batch_size'] / elapsed, data_wait=window['wait'] / elapsed)
+               clips_per_s=window['steps'] * cfg.batch_size / elapsed, data_wait=window['wait'] / elapsed)
     log.log(step, **rec)
     if n: bar.set_postfix(loss=f"{rec['loss']:.3f}", clips_s=f"{rec['clips_per_s']:.1f}")
     text.update(step, rec['loss'], rec['clips_per_s'])
     return dict(t0=time.perf_counter(), wait=0.0, steps=0, loss=0.0, updated=0)
 
 # %% ../nbs/09_train.ipynb #c033
-def finish_run(rd: RunDir, model, held, p: dict, preset, d: Dist, log: MetricsLog) -> dict:
+def finish_run(rd: RunDir, model, held, cfg: PretrainConfig, preset, d: Dist, log: MetricsLog) -> dict:
     "Encoders, final held-out measures, summary.json and loss.png of a finished run."
     run_dir = rd.path
     rows = read_metrics(run_dir)
     step = max((r['step'] for r in rows), default=0)
-    save_encoders(unwrap(model), run_dir/'encoders.pt', params=p, step=step)
+    save_encoders(unwrap(model), run_dir/'encoders.pt', params=cfg.to_params(), step=step)
     logged = next((r for r in rows if r.get('split') == 'heldout' and r['step'] == step), None)  # a resumed, finished run
     if logged: measures = {k: v for k, v in logged.items() if k not in ('step', 'split')}
     else:
-        measures = measure_heldout(model, held, p, preset, d)
+        measures = measure_heldout(model, held, cfg, preset, d)
         if measures: log.log(step, split='heldout', **measures)
     losses = [r['loss'] for r in rows if 'loss' in r]
     speeds = [r['clips_per_s'] for r in rows if 'clips_per_s' in r]

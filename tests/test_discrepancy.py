@@ -1,7 +1,8 @@
 """What the discrepancy chapter (nbs/10_discrepancy.ipynb) cannot hold well: embedding with data-loader worker
 processes against embedding in process, and (slow) the whole path on decoded synthetic media and a run directory.
 The unit tests (the KL estimator, the split into S+, S- and S≠, Recall@K, the choice of snippets, `embed` and
-`heldout_measures` on stand-ins) are test cells of the notebook."""
+`heldout_measures` on stand-ins) are test cells of the notebook; the stand-ins come from `avss.testing`, where the
+data-loader workers can import them."""
 import importlib.util
 import json
 import math
@@ -10,46 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from avss.discrepancy import embed, heldout_measures
-from avss.segment import SnippetGrid
+from avss.testing import TitleModel, ToyDataset
 
 
 # ---------------------------------------------------------------- embedding through stand-ins, with worker processes
-
-class ToyDataset(torch.utils.data.Dataset):
-    """Snippet (n, m) → what SnippetDataset returns, small: a uint8 video of the title's colour with m written in its
-    top-left pixel, and a mel holding n in its first bin and m in its last."""
-    def __init__(self, counts, size=4, frames=2, mel=(4, 6), replace=None):
-        self.grid, self.size, self.frames, self.mel, self.replace = SnippetGrid.from_counts(counts), size, frames, mel, replace or {}
-
-    def __len__(self): return self.grid.total
-
-    def __getitem__(self, key):
-        n, m = self.replace.get(tuple(key), tuple(key))
-        colour = torch.tensor([(37 * n) % 256, (91 * n) % 256, (53 * n) % 256], dtype=torch.uint8)
-        video = colour.view(3, 1, 1, 1).expand(3, self.frames, self.size, self.size).contiguous()
-        video[:, :, 0, 0] = 10 * m
-        mel = torch.zeros((1, *self.mel))
-        mel[0, 0, 0], mel[0, -1, -1] = float(n), float(m)
-        return dict(video=video, mel=mel, title=n, index=m)
-
-
-class TitleModel(nn.Module):
-    "A stand-in AVModel that sees only what identifies the title (bottom-right pixel, first mel bin): z per title."
-    def __init__(self, dim=8):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.proj_v, self.proj_a = nn.Parameter(torch.randn(3, dim, generator=g)), nn.Parameter(torch.randn(1, dim, generator=g))
-        self.calls = []
-
-    def forward(self, video, audio):
-        self.calls.append((self.training, torch.is_grad_enabled(), video.device.type, tuple(video.shape)))
-        rgb = video[:, :, 0, -1, -1]                                       # [B, 3] the title's colour
-        n = audio[:, :, 0, 0]                                              # [B, 1] the title
-        return rgb @ self.proj_v, torch.sin(n) @ self.proj_a
-
 
 def test_embed_with_data_loader_workers_matches_in_process():
     ds, model = ToyDataset([5, 5, 5]), TitleModel()

@@ -19,7 +19,7 @@ from avss.cli import main
 from avss.embed import embed_file, embed_media
 from avss.models import AVModel, save_encoders
 from avss.rundir import RunDir
-from avss.train import checkpoint_state, make_optimizer, resolve_params, run_preset
+from avss.train import checkpoint_state, make_optimizer, PretrainConfig, run_preset
 
 MEDIA = Path(__file__).resolve().parent.parent.parent/'shared'/'media'
 pytestmark = [pytest.mark.media,
@@ -34,13 +34,13 @@ KEYS = ['start_s', 'video', 'audio', 'video_features', 'audio_features']
 def run_dir(tmp_path_factory):
     "A finished run of a randomly initialised tiny model at crop 32 (short side 40)."
     d = tmp_path_factory.mktemp('run')
-    p = resolve_params(dict(preset='tiny', crop=32, short_side=40))
+    p = PretrainConfig.resolve(dict(preset='tiny', crop=32, short_side=40))
     torch.manual_seed(0)
     model = AVModel(run_preset(p))
     opt = make_optimizer(model, 1e-3, 0.0)
     RunDir(d).save_checkpoint(checkpoint_state(7, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), {}, p))
-    (d/'params.json').write_text(json.dumps(p))
-    save_encoders(model, d/'encoders.pt', params=p, step=7)
+    (d/'params.json').write_text(json.dumps(p.to_params()))
+    save_encoders(model, d/'encoders.pt', params=p.to_params(), step=7)
     return d
 
 

@@ -1,5 +1,6 @@
 """Pretraining end to end: the papermill notebook, parameter validation, kill-and-resume, and torchrun on two CPU ranks."""
 import ast
+import importlib
 import json
 import os
 import shutil
@@ -40,23 +41,29 @@ def _papermill(args, cwd=ROOT):
     return subprocess.run([str(BIN/'papermill'), '-k', 'python3', *args], cwd=cwd, capture_output=True, text=True)
 
 
-def test_parameters_cell_is_the_spec():
+RUN_NOTEBOOKS = [('pretrain.ipynb', 'avss.train', 'PretrainConfig'), ('finetune.ipynb', 'avss.downstream', 'DownstreamConfig'),
+                 ('discrepancy.ipynb', 'avss.discrepancy_runs', 'DiscrepancyConfig')]
+
+
+@pytest.mark.parametrize('notebook, module, config', RUN_NOTEBOOKS)
+def test_parameters_cell_is_the_config(notebook, module, config):
     from avss.core import parameters_source
-    from avss.train import PRETRAIN_SPEC
-    nb = json.loads(NB.read_text())
+    spec = getattr(importlib.import_module(module), config).spec()
+    nb = json.loads((ROOT/'nbs'/notebook).read_text())
     cell = ''.join(next(c for c in nb['cells'] if 'parameters' in c['metadata'].get('tags', []))['source'])
-    assert cell == parameters_source(PRETRAIN_SPEC), 'regenerate the cell with avss.core.parameters_source(PRETRAIN_SPEC)'
+    assert cell == parameters_source(spec), f'regenerate the cell with avss.core.parameters_source({config}.spec())'
     values = {t.target.id: ast.literal_eval(t.value) for t in ast.parse(cell).body}
-    assert values == {k: p.default for k, p in PRETRAIN_SPEC.items()}
+    assert values == {k: p.default for k, p in spec.items()}
 
 
-def test_papermill_help_lists_every_parameter_with_its_type_and_help():
-    from avss.train import PRETRAIN_SPEC
-    r = subprocess.run([str(BIN/'papermill'), '--help-notebook', str(NB)], capture_output=True, text=True)
+@pytest.mark.parametrize('notebook, module, config', RUN_NOTEBOOKS)
+def test_papermill_help_lists_every_parameter_with_its_type_and_help(notebook, module, config):
+    spec = getattr(importlib.import_module(module), config).spec()
+    r = subprocess.run([str(BIN/'papermill'), '--help-notebook', str(ROOT/'nbs'/notebook)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert 'Unknown type' not in r.stdout and 'Unable to parse' not in r.stdout + r.stderr
-    assert 'k: int (default 16)' in r.stdout
-    for name, p in PRETRAIN_SPEC.items():
+    assert 'seed: int (default 0)' in r.stdout
+    for name, p in spec.items():
         assert f'  {name}: ' in r.stdout, name
         assert ' '.join(p.doc.split()[:4]) in ' '.join(r.stdout.split()), name
 
@@ -196,10 +203,10 @@ def test_scene_windows_are_a_run_parameter(catalog, tmp_path):
     from avss.samplers import scene_snippet_ranges
     from avss.scenes import SCENES_FILE, title_scenes
     from avss.segment import SnippetGrid
-    from avss.train import build_loader, load_catalogs, pretrain, resolve_params, run_preset, Dist
+    from avss.train import build_loader, load_catalogs, pretrain, PretrainConfig, run_preset, Dist
     shutil.copytree(Path(catalog).parent, tmp_path/'corpus')               # the shots are stored beside each title
     data = tmp_path/'corpus'/'catalog.csv'
-    p = resolve_params(_small(data, tmp_path/'runs', 'scenes', window='scene', k=2, w=2, batch_size=8, heldout=0.0))
+    p = PretrainConfig.resolve(_small(data, tmp_path/'runs', 'scenes', window='scene', k=2, w=2, batch_size=8, heldout=0.0))
     train_cat = load_catalogs(p, run_preset(p), progress=False)[0]
     loader, sampler = build_loader(train_cat, p, run_preset(p), Dist())
     grid = SnippetGrid(train_cat, frames=16, fps=5.0)
@@ -211,7 +218,7 @@ def test_scene_windows_are_a_run_parameter(catalog, tmp_path):
             long_enough = [(lo, hi) for lo, hi in shots[n] if hi - lo >= 2]
             if long_enough: assert any(lo <= m.min() and m.max() < hi for lo, hi in long_enough), (n, m, long_enough)
     assert all((Path(path).parent/SCENES_FILE).is_file() for path in train_cat.df['path'])
-    run = pretrain({**p, 'max_steps': 2, 'num_workers': 0}, progress=False)
+    run = pretrain({**p.to_params(), 'max_steps': 2, 'num_workers': 0}, progress=False)
     summary = json.loads((run/'summary.json').read_text())
     assert summary['scene_titles'] + summary['scene_fallback'] == len(train_cat)
     assert summary['scene_titles'] == sum(any(hi - lo >= 2 for lo, hi in s) for s in shots.values())
