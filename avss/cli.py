@@ -12,6 +12,9 @@ import sys
 import warnings
 from pathlib import Path
 
+# Each subcommand imports what it needs when it runs, so that `avss --help` and `avss <command> --help` answer at
+# once, without importing torch.
+
 # %% ../nbs/16_cli.ipynb #c006
 class ParamsAction(argparse.Action):
     "Collect -p NAME VALUE and -f FILE into one list of arguments, in order, as `avss.train.parse_cli` reads them."

@@ -10,6 +10,7 @@ __all__ = ['seed_everything', 'get_device', 'uses_bf16', 'autocast', 'atomic_pat
 
 # %% ../nbs/00_core.ipynb #c002
 import difflib
+import io
 import json
 import os
 import random
@@ -86,7 +87,6 @@ def atomic_write_json(path, obj, indent: int = 2) -> Path:
 
 def atomic_torch_save(obj, path) -> Path:
     "`torch.save` to `path` atomically."
-    import io
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
@@ -207,7 +207,7 @@ def _papermill_cli_output(pid: int) -> Path | None:
         return None
     i = next((i for i, a in enumerate(argv) if Path(a).name == 'papermill'), None)
     if i is None: return None
-    from papermill.cli import papermill as cli
+    from papermill.cli import papermill as cli    # here: only a run under papermill gets this far
     try:
         ctx = cli.make_context('papermill', argv[i+1:], resilient_parsing=True)
     except Exception:

@@ -18,6 +18,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .core import autocast
+from .datasets import SnippetDataset
+from .models import get_preset
+from .segment import SnippetGrid
+from .transforms import to_model_inputs
 
 # %% ../nbs/10_discrepancy.ipynb #c005
 def _title_seed(seed: int, title_id: str) -> list[int]:
@@ -45,7 +49,6 @@ def snippet_choice(grid, snippets_per_title: int = 16, titles=None, seed: int = 
 def preset_dict(preset) -> dict:
     "A model preset (name, `avss.models.Preset` or dict) as a dict with at least frames, fps, short_side and crop."
     if isinstance(preset, str):
-        from avss.models import get_preset
         preset = get_preset(preset)
     d = asdict(preset) if is_dataclass(preset) else dict(preset) if isinstance(preset, dict) else None
     missing = None if d is None else {'frames', 'fps', 'short_side', 'crop'} - set(d)
@@ -58,8 +61,6 @@ def heldout_dataset(data, preset=None):
     "`data` itself when it is a dataset; a catalog becomes an eval-mode `SnippetDataset` at the preset's sizes."
     if not hasattr(data, 'df'): return data
     if preset is None: raise ValueError('embedding a catalog needs the model preset (frames, fps, short_side, crop)')
-    from avss.segment import SnippetGrid
-    from avss.datasets import SnippetDataset
     sizes = preset_dict(preset)
     grid = SnippetGrid(data, frames=sizes['frames'], fps=sizes['fps'])
     return SnippetDataset(data, grid, train=False, short_side=sizes['short_side'], crop=sizes['crop'])
@@ -76,7 +77,6 @@ def _model_device(model) -> torch.device:
 def embed(model, data, items=None, preset=None, snippets_per_title: int = 16, titles=None, seed: int = 0,
           batch_size: int = 32, device=None, num_workers: int = 0, precision: str = 'auto', progress: bool = False):
     "(z_v [N, d], z_a [N, d] float CPU tensors, titles [N], indices [N] int arrays) of `items` (default: `snippet_choice`)."
-    from avss.transforms import to_model_inputs
     dataset = heldout_dataset(data, preset)
     if items is None: items = snippet_choice(_grid(dataset), snippets_per_title, titles, seed)
     items = [(int(n), int(m)) for n, m in items]

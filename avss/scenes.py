@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from decord import VideoReader, cpu
 from tqdm.auto import tqdm
 
 from .core import atomic_write_json
@@ -40,7 +41,6 @@ def detect_scenes(video_path, threshold: float = 0.2, bins: int = 16, fps: float
                   size: tuple[int, int] | None = (128, 72), min_scene_s: float = 0.0, chunk: int = 256,
                   progress: bool = False) -> list[float]:
     "Times (seconds) of the first frame of every new shot, from colour-histogram differences of consecutive frames."
-    from decord import VideoReader, cpu
     path = Path(video_path)
     if not path.is_file(): raise FileNotFoundError(f'detect_scenes: no video file at {path}')
     if not 0 < threshold < 1: raise ValueError(f'detect_scenes: threshold must be in (0, 1), got {threshold}')

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .catalog import Catalog
 from .core import Param, atomic_write_json, is_float, is_int, one_of, validate_params
 from .synth_render import PART_SUFFIX, SHAPES, make_title
 
@@ -286,7 +287,6 @@ def make_corpus(out_dir, titles=DEFAULT_TITLES, minutes=DEFAULT_MINUTES, seed=0,
                 episodes=DEFAULT_EPISODES, width=DEFAULT_WIDTH, height=DEFAULT_HEIGHT, fps=DEFAULT_FPS,
                 sample_rate=DEFAULT_SAMPLE_RATE, workers=None, container='mp4', spread=0.2, progress=True):
     "Write the synthetic corpus to `out_dir` with `catalog.csv` (resumable); returns its `Catalog`."
-    from avss.catalog import Catalog
     params = validate_params(dict(titles=titles, minutes=minutes, seed=seed, shows=shows, episodes=episodes, width=width,
                                   height=height, fps=fps, sample_rate=sample_rate, container=container, spread=spread),
                              CORPUS_PARAMS, 'make_corpus arguments')
