@@ -137,7 +137,7 @@ def _summary(cfg: DownstreamConfig, splits: list, done: dict, run_dir: Path, sec
                 splits=done, complete=len(top1) == len(splits), seconds=seconds)
 
 def run_downstream(params: dict, progress: bool = True) -> dict:
-    "Run the downstream evaluation `params` (see DOWNSTREAM_SPEC) over its splits; returns results.json's content."
+    "Run the downstream evaluation `params` (a dict or a `DownstreamConfig`) over its splits; returns results.json's content."
     cfg = DownstreamConfig.resolve(params)
     root = synthetic_root(cfg.dataset, progress=progress) if cfg.root == 'synthetic' else Path(cfg.root).resolve()
     splits = list(range(1, SPLITS[cfg.dataset] + 1)) if cfg.split == 'all' else [cfg.split]

@@ -482,7 +482,7 @@ def _record_failures(batch: dict, cat, broken: set, run_path: Path, step: int):
 
 # %% ../nbs/09_train.ipynb #c031
 def pretrain(params: dict, progress: bool = True) -> Path:
-    "Pretrain with `params` (see PRETRAIN_SPEC); returns the run directory. Resumable; works under torchrun."
+    "Pretrain with `params` (a dict or a `PretrainConfig`); returns the run directory. Resumable; works under torchrun."
     cfg = PretrainConfig.resolve(params)
     d = init_distributed(cfg.device)
     if d.main: print(_preset_line(params, cfg))
