@@ -2,9 +2,12 @@
 # Issue 19's GPU check, one command, about 8 minutes on one H100/H200; it downloads nothing.
 #
 #   1. bf16 equivalence of the two conv forms of the video encoder (paper widths, 4 x 3x16x112x112, channels-last);
-#   2. model-only clips/s of the paper preset at batch 128 (bf16 autocast, channels-last), both conv forms, eager;
-#   3. the training loader alone and end to end (2-D form) on a synthetic corpus made and prepared on the spot;
-#   4. both forms under torch.compile: default, reduce-overhead, then max-autotune, while the time budget lasts.
+#   2. model-only clips/s of the paper preset at batch 128 (bf16 autocast, channels-last, cudnn.benchmark), both conv
+#      forms, eager;
+#   3. the training loader alone and end to end (the preset's conv form) on a synthetic corpus made and prepared on
+#      the spot;
+#   4. both forms under torch.compile (default, then end to end compiled, reduce-overhead, then max-autotune, whose
+#      compilation alone took over six minutes on an H200) while the time budget lasts.
 #
 # It prints a table as it goes and rewrites the section "GPU check of issue 19" of docs/benchmarks.md after each
 # row; with $OUT set, the log and that file are copied there.
