@@ -136,7 +136,7 @@ def _summary(cfg: DownstreamConfig, splits: list, done: dict, run_dir: Path, sec
                 split=cfg.split, top1=float(np.mean(top1)) if top1 else None, clip_top1=float(np.mean(clip)) if clip else None,
                 splits=done, complete=len(top1) == len(splits), seconds=seconds)
 
-def run_downstream(params: dict, progress: bool = True) -> dict:
+def run_downstream(params: dict | DownstreamConfig, progress: bool = True) -> dict:
     "Run the downstream evaluation `params` (a dict or a `DownstreamConfig`) over its splits; returns results.json's content."
     cfg = DownstreamConfig.resolve(params)
     root = synthetic_root(cfg.dataset, progress=progress) if cfg.root == 'synthetic' else Path(cfg.root).resolve()

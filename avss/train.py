@@ -446,9 +446,10 @@ def open_run(cfg: PretrainConfig, d: Dist, name: str) -> tuple[RunDir | None, di
         if not d.main: ckpt = load_checkpoint(box[1]) if box[1] else None
     return rd, ckpt
 
-def _preset_line(given: dict, cfg: PretrainConfig) -> str:
+def _preset_line(given: dict | PretrainConfig, cfg: PretrainConfig) -> str:
     "The first line of a run: its preset, and how it was chosen."
-    if given.get('preset', 'auto') != 'auto': return f"preset {cfg.preset}"
+    asked = given.preset if isinstance(given, PretrainConfig) else given.get('preset', 'auto')
+    if asked != 'auto': return f"preset {cfg.preset}"
     return f"preset {cfg.preset} (auto: {auto_preset(cfg.device)[1]}; choose with -p preset paper or -p preset tiny)"
 
 def _hms(seconds: float) -> str:
@@ -481,7 +482,7 @@ def _record_failures(batch: dict, cat, broken: set, run_path: Path, step: int):
             print(f"quarantined title {rec['title_id']} at step {step}: {rec['file']}: {rec['reason']}", file=sys.stderr)
 
 # %% ../nbs/09_train.ipynb #c031
-def pretrain(params: dict, progress: bool = True) -> Path:
+def pretrain(params: dict | PretrainConfig, progress: bool = True) -> Path:
     "Pretrain with `params` (a dict or a `PretrainConfig`); returns the run directory. Resumable; works under torchrun."
     cfg = PretrainConfig.resolve(params)
     d = init_distributed(cfg.device)

@@ -218,7 +218,7 @@ def test_scene_windows_are_a_run_parameter(catalog, tmp_path):
             long_enough = [(lo, hi) for lo, hi in shots[n] if hi - lo >= 2]
             if long_enough: assert any(lo <= m.min() and m.max() < hi for lo, hi in long_enough), (n, m, long_enough)
     assert all((Path(path).parent/SCENES_FILE).is_file() for path in train_cat.df['path'])
-    run = pretrain({**p.to_params(), 'max_steps': 2, 'num_workers': 0}, progress=False)
+    run = pretrain(p.replace(max_steps=2, num_workers=0), progress=False)      # a config, not a dict
     summary = json.loads((run/'summary.json').read_text())
     assert summary['scene_titles'] + summary['scene_fallback'] == len(train_cat)
     assert summary['scene_titles'] == sum(any(hi - lo >= 2 for lo, hi in s) for s in shots.values())
