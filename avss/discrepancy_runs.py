@@ -172,6 +172,7 @@ def run_table(runs) -> pd.DataFrame:
     for d in resolve_runs(runs):
         params = json.loads((d/'params.json').read_text())
         measures, source = run_measures(d)
+        params = {'window': 'index', **params}            # runs from before `window` existed used index windows
         rows.append({'run': d.name, 'run_dir': str(d), 'source': source, **params, **measures})
     return pd.DataFrame(rows)
 
@@ -182,8 +183,8 @@ def heldout_history(run_dir) -> pd.DataFrame:
     return pd.DataFrame([r for r in rows if r.get('split') == 'heldout'])
 
 # %% ../nbs/10a_discrepancy_runs.ipynb #c016
-DESIGN_PARAMS = ('data', 'preset', 'k', 'w', 'sigma', 'normalize', 'tau', 'batch_size', 'max_steps', 'epochs', 'lr',
-                 'heldout', 'split_seed')
+DESIGN_PARAMS = ('data', 'preset', 'k', 'w', 'window', 'sigma', 'normalize', 'tau', 'batch_size', 'max_steps', 'epochs',
+                 'lr', 'heldout', 'split_seed')
 MEASURES = ('kl_neg_pos', 'kl_other_pos', 'kl_neg_other', 'gap', 'r1_within_a2v')
 LABELS = {'kl_neg_pos': 'KL($S^-\\|S^+$)', 'kl_other_pos': 'KL($S^{\\neq}\\|S^+$)', 'kl_neg_other': 'KL($S^-\\|S^{\\neq}$)',
           'gap': 'KL($S^{\\neq}\\|S^+$) - KL($S^-\\|S^+$)'}
@@ -196,13 +197,24 @@ def _title(m: str) -> str:
         return f"Recall@{parts[0][1:]} {where}, {'audio→video' if parts[2] == 'a2v' else 'video→audio'}"
     return LABELS.get(m, m)
 
+def _index_window(r) -> bool:
+    "Whether a run's k snippets came from index windows (the default; also a run from before `window` existed)."
+    v = r.get('window', 'index')
+    return v == 'index' or v is None or (isinstance(v, float) and np.isnan(v))
+
+def _sampling_only(r) -> bool:
+    "A run that varies sampling alone: no colour jitter, raw dot products, index windows (the setting of Table 1)."
+    return r.get('sigma', 0) == 0 and not r.get('normalize', False) and _index_window(r)
+
 FIGURES = {
-    'fig1a_k': dict(x='k', select=lambda r: r['k'] == 1 or r['w'] == 'all', ignore=('w',), title='Figure 1a: against k (w = all)'),
-    'fig1b_w': dict(x='w', select=lambda r: r['k'] > 1, title='Figure 1b: against w'),
-    'fig1c_w_eq_k': dict(x='k', select=lambda r: r['k'] == 1 or str(r['w']) == str(r['k']), ignore=('w',),
-                         title='Figure 1c: w = k'),
+    'fig1a_k': dict(x='k', select=lambda r: _sampling_only(r) and (r['k'] == 1 or r['w'] == 'all'), ignore=('w',),
+                    title='Figure 1a: against k (w = all)'),
+    'fig1b_w': dict(x='w', select=lambda r: _sampling_only(r) and r['k'] > 1, title='Figure 1b: against w'),
+    'fig1c_w_eq_k': dict(x='k', select=lambda r: _sampling_only(r) and (r['k'] == 1 or str(r['w']) == str(r['k'])),
+                         ignore=('w',), title='Figure 1c: w = k'),
     'fig1d_data': dict(x='data', select=None, title='Figure 1d: per dataset'),
-    'fig2_sigma': dict(x='sigma', select=None, title='Figure 2: against colour jitter sigma'),
+    'fig2_sigma': dict(x='sigma', select=lambda r: not r.get('normalize', False) and _index_window(r),
+                       title='Figure 2: against colour jitter sigma'),
 }
 
 def _label(v) -> str:

@@ -70,20 +70,29 @@ def _k_order(t: pd.DataFrame) -> pd.DataFrame:
     key = lambda s: s.map(lambda v: (0, float(v)) if str(v).replace('.', '', 1).isdigit() else (1, str(v)))
     return t.sort_values([c for c in ('k', 'w') if c in t], key=key).reset_index(drop=True)
 
+def _beside_reference(plain: pd.DataFrame, variants: pd.DataFrame) -> pd.DataFrame:
+    "`variants` with the sampling-only runs at the same (k, w) before them, the reference each is read against."
+    keys = set(map(tuple, variants[['k', 'w']].astype(str).values))
+    return pd.concat([plain[[tuple(r) in keys for r in plain[['k', 'w']].astype(str).values]], variants])
+
 def paper_tables(table: pd.DataFrame) -> dict:
-    "{'table1': ..., 'table2': ..., 'table3': ...} (those the runs allow) averaged over seeds."
+    "{'table1', 'fig2', 'table2', 'scene', 'table3'}: those the runs allow, averaged over seeds."
     if table.empty: return {}
     cols = score_columns(table) + MEASURE_COLUMNS + ['final_loss']
+    window = table['window'].fillna('index') if 'window' in table else pd.Series('index', index=table.index)
+    free, jitter = table['genre_mix'].isna(), table['sigma'] != 0
+    normed, scene = table['normalize'].astype(bool), window != 'index'
+    plain = table[free & ~jitter & ~normed & ~scene]
     out = {}
-    plain = table[(table['sigma'] == 0) & (~table['normalize'].astype(bool)) & table['genre_mix'].isna()]
     if len(plain): out['table1'] = _k_order(seed_table(plain, ['k', 'w'], cols))
-    varied = table[((table['sigma'] != 0) | table['normalize'].astype(bool)) & table['genre_mix'].isna()]
-    if len(varied):
-        keys = set(map(tuple, varied[['k', 'w']].astype(str).values))
-        ref = plain[[tuple(r) in keys for r in plain[['k', 'w']].astype(str).values]]
-        t2 = pd.concat([ref, varied])
-        t2 = t2.assign(tau=[(t if n else None) for t, n in zip(t2['tau'], t2['normalize'])])
-        out['table2'] = seed_table(t2, ['k', 'w', 'sigma', 'normalize', 'tau'], cols)
+    variants = {'fig2': (free & jitter & ~normed & ~scene, ['k', 'w', 'sigma']),
+                'table2': (free & normed & ~jitter & ~scene, ['k', 'w', 'normalize', 'tau']),
+                'scene': (free & scene & ~jitter & ~normed, ['k', 'w', 'window'])}
+    for name, (rows, by) in variants.items():
+        if not rows.any(): continue
+        t = _beside_reference(plain, table[rows]).assign(window=lambda d: d['window'].fillna('index') if 'window' in d else 'index')
+        if name == 'table2': t = t.assign(tau=[(x if n else None) for x, n in zip(t['tau'], t['normalize'])])
+        out[name] = seed_table(t, by, cols)
     mixed = table[table['genre_mix'].notna()]
     if len(mixed): out['table3'] = seed_table(mixed, ['genre_mix'], cols)
     return out
@@ -99,8 +108,10 @@ def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
     rows = ['| ' + ' | '.join(cell(v) for v in r) + ' |' for r in df.itertuples(index=False)]
     return '\n'.join([head, rule] + rows) + '\n'
 
-TITLES = {'table1': 'Table 1: sampling (k, w) against downstream scores and held-out measures',
-          'table2': 'Table 2: colour jitter sigma and embedding normalisation (tau)',
+TITLES = {'table1': 'Table 1 and Figure 1: sampling (k, w) against downstream scores and held-out measures',
+          'fig2': 'Figure 2: colour jitter sigma, beside sigma = 0 at the same k and w',
+          'table2': 'Table 2: raw dot products against l2-normalised embeddings with temperature tau',
+          'scene': "Scene windows (a title's k snippets from one shot) against index windows",
           'table3': 'Table 3: genre mix of the pretraining collection'}
 
 def write_report(sweep_dir, out_dir=None) -> dict:
