@@ -7,6 +7,7 @@ __all__ = ['param', 'Config', 'RunConfig']
 
 # %% ../nbs/00c_config.ipynb #c002
 import dataclasses
+import inspect
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -26,7 +27,7 @@ class Config:
     def spec(cls) -> dict[str, Param]:
         "{name: Param} of the fields: the class's own first, then those of its bases, each in declaration order."
         by_name = {f.name: f for f in fields(cls)}
-        order = [n for c in cls.__mro__ for n in vars(c).get('__annotations__', {}) if n in by_name]
+        order = [n for c in cls.__mro__ for n in inspect.get_annotations(c) if n in by_name]   # own fields first
         return {n: Param(by_name[n].default, by_name[n].metadata.get('check'), by_name[n].metadata.get('doc', ''))
                 for n in dict.fromkeys(order)}
 
