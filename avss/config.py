@@ -41,7 +41,7 @@ class Config:
         return {name: getattr(self, name) for name in self.spec()}
 
     def replace(self, **changes):
-        "A copy with `changes` (not checked again: the caller computes them)."
+        "A copy with `changes`, unchecked until a `resolve` (which checks a config as it checks a dict)."
         return dataclasses.replace(self, **changes)
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ class DiscrepancyConfig(Config):
     @classmethod
     def resolve(cls, given) -> 'DiscrepancyConfig':
         "The config of `given` (a dict or a config); a ParamError names each bad parameter."
-        return given if isinstance(given, cls) else cls.from_params(given, 'discrepancy parameters')
+        return cls.from_params(given.to_params() if isinstance(given, Config) else given, 'discrepancy parameters')
 
 DISCREPANCY_SPEC = DiscrepancyConfig.spec()
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import RunConfig, param
+from .config import Config, RunConfig, param
 from .core import (ParamError, annotated, atomic_write_json, atomic_write_text, default_runs_dir, git_revision,
                        is_float, is_int, is_str, one_of, repo_root)
 from .rundir import RunDir, read_metrics
@@ -71,7 +71,7 @@ class DownstreamConfig(RunConfig):
     @classmethod
     def resolve(cls, given) -> 'DownstreamConfig':
         "The config of `given` (a dict or a config); a ParamError names each bad parameter, alone or in combination."
-        cfg = given if isinstance(given, cls) else cls.from_params(given, 'downstream parameters')
+        cfg = cls.from_params(given.to_params() if isinstance(given, Config) else given, 'downstream parameters')
         errors = []
         if cfg.split != 'all' and cfg.split > SPLITS[cfg.dataset]:
             errors.append(f"parameter 'split' must be 1-{SPLITS[cfg.dataset]} for {cfg.dataset}, got {cfg.split}")

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .catalog import Catalog
-from .config import RunConfig, param
+from .config import Config, RunConfig, param
 from .core import (ParamError, annotated, atomic_write_bytes, autocast, default_runs_dir, get_device, git_revision,
                        is_bool, is_float, is_int, is_str, one_of, repo_root, seed_everything, uses_bf16)
 from .datasets import SnippetDataset, substitute
@@ -97,7 +97,7 @@ class PretrainConfig(RunConfig):
     @classmethod
     def resolve(cls, given) -> 'PretrainConfig':
         "The config of `given` (a dict or a config) with the preset's recipe filled in; a ParamError names each bad parameter."
-        cfg = given if isinstance(given, cls) else cls.from_params(given, 'pretraining parameters')
+        cfg = cls.from_params(given.to_params() if isinstance(given, Config) else given, 'pretraining parameters')
         if cfg.preset == 'auto': cfg = cfg.replace(preset=auto_preset(cfg.device)[0])
         recipe = RECIPES[cfg.preset]
         pick = lambda value, key: recipe[key] if value is None else value
