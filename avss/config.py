@@ -9,7 +9,7 @@ __all__ = ['param', 'Config', 'RunConfig']
 import dataclasses
 import inspect
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from .core import Param, is_resume, is_str, validate_params
 
@@ -22,6 +22,7 @@ def param(default: Any, check=None, doc: str = ''):
 class Config:
     "Base of the typed configurations; subclasses are frozen dataclasses whose fields are declared with `param`."
     device: str = param('auto', is_str(), '"auto" (cuda, then cpu), "cpu", "cuda", "cuda:1", ...')
+    what: ClassVar[str] = 'parameters'         # how error messages name this kind of parameters
 
     @classmethod
     def spec(cls) -> dict[str, Param]:
@@ -35,6 +36,11 @@ class Config:
     def from_params(cls, given: dict, where: str = 'parameters'):
         "The config of `given` (missing names take their defaults); a `ParamError` names every unknown or bad one."
         return cls(**validate_params(given, cls.spec(), where))
+
+    @classmethod
+    def resolve(cls, given):
+        "The config of `given`, a dict or a config, checked the same way (subclasses add the rules between parameters)."
+        return cls.from_params(given.to_params() if isinstance(given, Config) else given, cls.what)
 
     def to_params(self) -> dict:
         "The parameters as a plain dict, in the order of `spec` (what params.json and checkpoints store)."

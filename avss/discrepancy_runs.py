@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 from functools import partial
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ def _is_runs(v):
 @dataclass(frozen=True)
 class DiscrepancyConfig(Config):
     "The parameters of measuring runs and drawing Figures 1-2 (the discrepancy notebook's, `avss discrepancy -p`'s)."
+    what: ClassVar[str] = 'discrepancy parameters'
     runs: str | list = param('*', _is_runs, 'run directories or globs (relative: to the working directory, the repository or runs/)')
     data: str | None = param(None, is_str(none_ok=True), "None: each run's own held-out titles; else a catalog CSV or 'synthetic', all of whose titles are measured")
     snippets_per_title: int = param(16, is_int(2), 'snippets per title, evenly spread and seeded')
@@ -45,11 +47,6 @@ class DiscrepancyConfig(Config):
     out_dir: str | None = param(None, is_str(none_ok=True), 'folder of the comparison figures (None: runs/discrepancy)')
     batch_size: int = param(32, is_int(1), 'snippets per forward pass')
     num_workers: int | None = param(None, is_int(0, none_ok=True), 'data-loader processes (None: min(4, half the cores))')
-
-    @classmethod
-    def resolve(cls, given) -> 'DiscrepancyConfig':
-        "The config of `given` (a dict or a config); a ParamError names each bad parameter."
-        return cls.from_params(given.to_params() if isinstance(given, Config) else given, 'discrepancy parameters')
 
 DISCREPANCY_SPEC = DiscrepancyConfig.spec()
 

@@ -16,12 +16,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from functools import partial
+from typing import ClassVar
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .config import Config, RunConfig, param
+from .config import RunConfig, param
 from .core import (ParamError, annotated, atomic_write_json, atomic_write_text, default_runs_dir, git_revision,
                        is_float, is_int, is_str, one_of, repo_root)
 from .rundir import RunDir, read_metrics
@@ -44,6 +45,7 @@ def _is_split(v):
 @dataclass(frozen=True)
 class DownstreamConfig(RunConfig):
     "The parameters of a downstream evaluation (the finetune notebook's, `avss finetune -p`'s)."
+    what: ClassVar[str] = 'downstream parameters'
     dataset: str = param('ucf101', one_of('ucf101', 'hmdb51', 'esc50', 'esc10'), 'downstream set (esc10: the ESC-10 rows of ESC-50)')
     root: str = param('synthetic', is_str(), 'folder holding the official layout, or "synthetic" for the bundled synthetic sets')
     split: int | str = param('all', _is_split, '"all": every split (UCF101, HMDB51: 3; ESC: 5 folds) and their mean; or one number')
@@ -71,7 +73,7 @@ class DownstreamConfig(RunConfig):
     @classmethod
     def resolve(cls, given) -> 'DownstreamConfig':
         "The config of `given` (a dict or a config); a ParamError names each bad parameter, alone or in combination."
-        cfg = cls.from_params(given.to_params() if isinstance(given, Config) else given, 'downstream parameters')
+        cfg = super().resolve(given)
         errors = []
         if cfg.split != 'all' and cfg.split > SPLITS[cfg.dataset]:
             errors.append(f"parameter 'split' must be 1-{SPLITS[cfg.dataset]} for {cfg.dataset}, got {cfg.split}")

@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 from functools import partial
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .catalog import Catalog
-from .config import Config, RunConfig, param
+from .config import RunConfig, param
 from .core import (ParamError, annotated, atomic_write_bytes, autocast, default_runs_dir, get_device, git_revision,
                        is_bool, is_float, is_int, is_str, one_of, repo_root, seed_everything, uses_bf16)
 from .datasets import SnippetDataset, substitute
@@ -60,6 +61,7 @@ def _is_window(v):
 @dataclass(frozen=True)
 class PretrainConfig(RunConfig):
     "The parameters of a pretraining run (the pretrain notebook's, `avss pretrain -p`'s); `resolve` fills in the recipe."
+    what: ClassVar[str] = 'pretraining parameters'
     data: str = param('synthetic', is_str(), 'catalog CSV (source or prepared titles), or "synthetic" for the bundled corpus')
     k: int = param(16, is_int(1), 'snippets per title in a batch (1: i.i.d. sampling)')
     w: int | str = param('all', _is_window, 'window (in snippets) holding a title\'s k snippets; "all": anywhere in the title')
@@ -97,7 +99,7 @@ class PretrainConfig(RunConfig):
     @classmethod
     def resolve(cls, given) -> 'PretrainConfig':
         "The config of `given` (a dict or a config) with the preset's recipe filled in; a ParamError names each bad parameter."
-        cfg = cls.from_params(given.to_params() if isinstance(given, Config) else given, 'pretraining parameters')
+        cfg = super().resolve(given)
         if cfg.preset == 'auto': cfg = cfg.replace(preset=auto_preset(cfg.device)[0])
         recipe = RECIPES[cfg.preset]
         pick = lambda value, key: recipe[key] if value is None else value
