@@ -52,6 +52,14 @@ def test_two_points_run_end_to_end_and_resume(grid, tmp_path):
     assert (tmp_path/'nb'/'table1.md').read_text() == (tmp_path/'report'/'table1.md').read_text()
     r = subprocess.run(pm + ['-p', 'sweep', str(sweep), '-p', 'outdir', 'x'], capture_output=True, text=True)
     assert r.returncode != 0 and "unknown parameter 'outdir'" in r.stderr
+    # `also` pools another sweep's runs (here the same folder again: every run twice, every row of Table 1 two runs)
+    r = subprocess.run(pm + ['-p', 'sweep', str(sweep), '-p', 'also', str(sweep), '-p', 'out_dir', str(tmp_path/'pooled')],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    pooled = (tmp_path/'pooled'/'runs.csv').read_text().splitlines()
+    assert len(pooled) == 1 + 2 * len(names)
+    assert [l.split('|')[3].strip() for l in (tmp_path/'pooled'/'table1.md').read_text().splitlines()[2:]] == ['2', '2']
+    assert (tmp_path/'pooled'/'seeds.md').exists() and (tmp_path/'pooled'/'seeds.png').exists()
 
     # interrupt: the second point lost its measurements and the end of its pretraining
     k4 = sweep/'k4_wall'
