@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['DISCREPANCY_SPEC', 'DESIGN_PARAMS', 'MEASURES', 'LABELS', 'FIGURES', 'DiscrepancyConfig', 'default_out_dir',
            'resolve_runs', 'load_run_model', 'heldout_catalog', 'save_png', 'plot_histograms', 'measure_run',
-           'measure_runs', 'run_measures', 'run_table', 'heldout_history', 'plot_sweep', 'draw_figures', 'plot_history']
+           'measure_runs', 'run_measures', 'run_table', 'heldout_history', 'is_index_window', 'is_sampling_only',
+           'plot_sweep', 'draw_figures', 'plot_history']
 
 # %% ../nbs/10a_discrepancy_runs.ipynb #c002
 import glob
@@ -194,23 +195,23 @@ def _title(m: str) -> str:
         return f"Recall@{parts[0][1:]} {where}, {'audio→video' if parts[2] == 'a2v' else 'video→audio'}"
     return LABELS.get(m, m)
 
-def _index_window(r) -> bool:
+def is_index_window(r) -> bool:
     "Whether a run's k snippets came from index windows (the default; also a run from before `window` existed)."
     v = r.get('window', 'index')
     return v == 'index' or v is None or (isinstance(v, float) and np.isnan(v))
 
-def _sampling_only(r) -> bool:
+def is_sampling_only(r) -> bool:
     "A run that varies sampling alone: no colour jitter, raw dot products, index windows (the setting of Table 1)."
-    return r.get('sigma', 0) == 0 and not r.get('normalize', False) and _index_window(r)
+    return r.get('sigma', 0) == 0 and not r.get('normalize', False) and is_index_window(r)
 
 FIGURES = {
-    'fig1a_k': dict(x='k', select=lambda r: _sampling_only(r) and (r['k'] == 1 or r['w'] == 'all'), ignore=('w',),
+    'fig1a_k': dict(x='k', select=lambda r: is_sampling_only(r) and (r['k'] == 1 or r['w'] == 'all'), ignore=('w',),
                     title='Figure 1a: against k (w = all)'),
-    'fig1b_w': dict(x='w', select=lambda r: _sampling_only(r) and r['k'] > 1, title='Figure 1b: against w'),
-    'fig1c_w_eq_k': dict(x='k', select=lambda r: _sampling_only(r) and (r['k'] == 1 or str(r['w']) == str(r['k'])),
+    'fig1b_w': dict(x='w', select=lambda r: is_sampling_only(r) and r['k'] > 1, title='Figure 1b: against w'),
+    'fig1c_w_eq_k': dict(x='k', select=lambda r: is_sampling_only(r) and (r['k'] == 1 or str(r['w']) == str(r['k'])),
                          ignore=('w',), title='Figure 1c: w = k'),
     'fig1d_data': dict(x='data', select=None, title='Figure 1d: per dataset'),
-    'fig2_sigma': dict(x='sigma', select=lambda r: not r.get('normalize', False) and _index_window(r),
+    'fig2_sigma': dict(x='sigma', select=lambda r: not r.get('normalize', False) and is_index_window(r),
                        title='Figure 2: against colour jitter sigma'),
 }
 

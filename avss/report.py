@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .core import atomic_write_text
-from .discrepancy_runs import draw_figures, heldout_history, run_table, save_png
+from .discrepancy_runs import draw_figures, heldout_history, is_index_window, is_sampling_only, run_table, save_png
 from .sweep import expand, mix_label
 
 # %% ../nbs/14a_report.ipynb #c005
@@ -77,13 +77,13 @@ def _beside_reference(plain: pd.DataFrame, variants: pd.DataFrame) -> pd.DataFra
     keys = set(map(tuple, variants[['k', 'w']].astype(str).values))
     return pd.concat([plain[[tuple(r) in keys for r in plain[['k', 'w']].astype(str).values]], variants])
 
-def _window(table: pd.DataFrame) -> pd.Series:
-    return table['window'].fillna('index') if 'window' in table else pd.Series('index', index=table.index)
+def _rows(table: pd.DataFrame, rule) -> pd.Series:
+    return table.apply(rule, axis=1).astype(bool) if len(table) else pd.Series(dtype=bool)
 
 def sampling_only(table: pd.DataFrame) -> pd.Series:
-    "Runs that differ from Table 1's setting in the sampling alone: no colour jitter, raw dot products, index windows, no genre mix."
+    "Runs that differ from Table 1's setting in the sampling alone (`is_sampling_only`) and draw no genre mix."
     free = table['genre_mix'].isna() if 'genre_mix' in table else pd.Series(True, index=table.index)
-    return free & (table['sigma'] == 0) & ~table['normalize'].astype(bool) & (_window(table) == 'index')
+    return free & _rows(table, is_sampling_only)
 
 def _sampling_keys(table: pd.DataFrame) -> list[str]:
     "k and w, and the batch size where the runs differ in it."
@@ -94,7 +94,7 @@ def paper_tables(table: pd.DataFrame) -> dict:
     if table.empty: return {}
     cols = score_columns(table) + MEASURE_COLUMNS + ['final_loss']
     free, jitter = table['genre_mix'].isna(), table['sigma'] != 0
-    normed, scene = table['normalize'].astype(bool), _window(table) != 'index'
+    normed, scene = table['normalize'].astype(bool), ~_rows(table, is_index_window)
     plain = table[sampling_only(table)]
     out = {}
     if len(plain): out['table1'] = _k_order(seed_table(plain, _sampling_keys(plain), cols))
