@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['MEASURE_COLUMNS', 'TITLES', 'downstream_scores', 'collect', 'score_columns', 'seed_table', 'sampling_only',
-           'paper_tables', 'learned', 'shortcut_floor', 'seeds_that_learn', 'plot_seeds_that_learn', 'markdown_table',
-           'write_report']
+           'paper_tables', 'learn_threshold', 'learned', 'shortcut_floor', 'seeds_that_learn', 'plot_seeds_that_learn',
+           'markdown_table', 'write_report']
 
 # %% ../nbs/14a_report.ipynb #c002
 import json
@@ -111,20 +111,27 @@ def paper_tables(table: pd.DataFrame) -> dict:
     return out
 
 # %% ../nbs/14a_report.ipynb #c008c
+def learn_threshold(chance, snippets, z: float = 3.0):
+    "The Recall@1 `z` binomial standard errors above `chance` for `snippets` held-out queries."
+    return chance + z * np.sqrt(chance * (1 - chance) / snippets)
+
 def learned(table: pd.DataFrame, z: float = 3.0) -> pd.Series:
-    "Whether each run's held-out within-title Recall@1 (audio→video) lies more than `z` binomial standard errors above chance."
-    p, n = table['chance_r1_within'], table['heldout_snippets']
-    return table['r1_within_a2v'] > p + z * np.sqrt(p * (1 - p) / n)
+    "Whether each run's held-out within-title Recall@1 (audio→video) lies above `learn_threshold`."
+    return table['r1_within_a2v'] > learn_threshold(table['chance_r1_within'], table['heldout_snippets'], z)
 
 def shortcut_floor(k):
     "Eq. 1's loss when titles are told apart perfectly and all pairs within a title score alike: ln(2k - 1)."
     return np.log(2 * np.asarray(k, dtype=float) - 1)
 
 # %% ../nbs/14a_report.ipynb #c008g
+def _judged(table: pd.DataFrame, z: float) -> pd.DataFrame:
+    "The sampling-only runs, w as text, each with whether it `learned`."
+    t = table[sampling_only(table)]
+    return t.assign(w=t['w'].astype(str), learned=learned(t, z))
+
 def seeds_that_learn(table: pd.DataFrame, z: float = 3.0) -> pd.DataFrame:
     "Per sampling setting (k, w, batch size) of the sampling-only runs: titles per batch, runs, seeds that learned, final losses against the floor."
-    t = table[sampling_only(table)]
-    t = t.assign(w=t['w'].astype(str), learned=learned(t, z))
+    t = _judged(table, z)
     rows = []
     for (k, b, w), g in t.groupby(['k', 'batch_size', 'w'], sort=True):
         yes, no = g[g['learned']], g[~g['learned']]
@@ -135,9 +142,8 @@ def seeds_that_learn(table: pd.DataFrame, z: float = 3.0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 # %% ../nbs/14a_report.ipynb #c008h
-def _split_k(table: pd.DataFrame):
-    "The k (w = all) whose seeds disagree with the most runs, then with the fraction that learn nearest one half; None if none."
-    s = seeds_that_learn(table)
+def _split_k(s: pd.DataFrame):
+    "The k (w = all) of a `seeds_that_learn` table whose seeds disagree with the most runs, then with the fraction that learn nearest one half; None if none."
     by_k = s[s['w'] == 'all'].groupby('k')[['runs', 'learned']].sum()
     by_k = by_k[(by_k['learned'] > 0) & (by_k['learned'] < by_k['runs'])]
     if by_k.empty: return None
@@ -173,7 +179,7 @@ def _curves_panel(ax, t: pd.DataFrame, k: int, z: float, cycle: list):
         ax.plot(h['step'], h['r1_within_a2v'], ls='-' if r['learned'] else ':', c=colours[r['batch_size']], lw=1.2,
                 label=f"batch {r['batch_size']}, {'learned' if r['learned'] else 'did not'}")
     p, n = t['chance_r1_within'].iloc[0], t['heldout_snippets'].iloc[0]
-    ax.axhline(p, c='grey', lw=1, ls='--'); ax.axhline(p + z * np.sqrt(p * (1 - p) / n), c='grey', lw=.8, ls=':')
+    ax.axhline(p, c='grey', lw=1, ls='--'); ax.axhline(learn_threshold(p, n, z), c='grey', lw=.8, ls=':')
     handles, labels = ax.get_legend_handles_labels()
     keep = dict(zip(labels, handles))
     ax.legend(keep.values(), keep.keys(), fontsize=7)
@@ -183,12 +189,12 @@ def _curves_panel(ax, t: pd.DataFrame, k: int, z: float, cycle: list):
 def plot_seeds_that_learn(table: pd.DataFrame, z: float = 3.0, path=None, k: int | None = None):
     "(a) fraction of seeds that learn by titles in a batch, (b) final losses against ln(2k - 1), (c) held-out R@1 while training at `k` (None: the most divided k)."
     import matplotlib.pyplot as plt                         # matplotlib only where a figure is drawn
-    t = table[sampling_only(table)]
+    t = _judged(table, z)
     if t.empty: return None
-    t = t.assign(w=t['w'].astype(str), learned=learned(t, z))
-    k = k or _split_k(table)
+    s = seeds_that_learn(table, z)
+    k = k or _split_k(s)
     fig, axes = plt.subplots(1, 3 if k else 2, figsize=(13 if k else 8.6, 3.6))
-    _fraction_panel(axes[0], seeds_that_learn(table, z))
+    _fraction_panel(axes[0], s)
     _loss_panel(axes[1], t)
     if k: _curves_panel(axes[2], t, k, z, plt.rcParams['axes.prop_cycle'].by_key()['color'])
     fig.tight_layout()
