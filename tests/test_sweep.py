@@ -1,13 +1,18 @@
 """The sweep runner end to end (two tiny points, their measurements, the report) and its resume."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from avss.report import collect, write_report
+from avss.rundir import STOPPED_EXIT, load_checkpoint
 from avss.sweep import expand, load_grid, point_status, run_sweep
 
 REPORT_NB = Path(__file__).resolve().parents[1]/'nbs'/'report.ipynb'
@@ -78,3 +83,62 @@ def test_two_points_run_end_to_end_and_resume(grid, tmp_path):
     assert json.loads((k4/'summary.json').read_text())['heldout'] == heldout
     final = [l for l in (k4/'metrics.jsonl').read_text().splitlines() if '"split": "heldout"' in l and '"step": 3,' in l]
     assert len(final) == 1
+
+
+def _alive(pid: int) -> bool:
+    "Whether process `pid` exists and is not a zombie."
+    try: state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError): return False
+    return state != 'Z'
+
+
+def _process_tree(pid: int) -> set:
+    "`pid`'s descendants, read from /proc here rather than with the module's own helper."
+    parents = {}
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try: parents[int(stat.parent.name)] = int(stat.read_text().rsplit(')', 1)[1].split()[1])
+        except (OSError, IndexError, ValueError): continue
+    tree, grew = set(), True
+    while grew:
+        new = {p for p, pp in parents.items() if (pp == pid or pp in tree) and p not in tree}
+        tree |= new; grew = bool(new)
+    return tree
+
+
+def _losses(run_dir) -> dict:
+    "{step: training loss} from a run's metrics.jsonl."
+    return {r['step']: r['loss'] for r in map(json.loads, (Path(run_dir)/'metrics.jsonl').read_text().splitlines()) if 'loss' in r}
+
+
+@pytest.mark.skipif(not Path('/proc/self/stat').exists(), reason='finds the stage processes in /proc')
+def test_sigterm_stops_a_sweep_with_checkpoints_and_the_resumed_sweep_ends_as_an_uninterrupted_one(small_catalog, tmp_path):
+    grid = dict(name='stop', discrepancy=False, points=[dict(k=4)],
+                base=dict(data=str(small_catalog), preset='tiny', batch_size=8, max_steps=10, lr=2e-3, warmup_steps=2,
+                          log_every=1, checkpoint_every=100, num_workers=1, heldout=0.3, eval_snippets=4,
+                          deterministic=True))
+    (tmp_path/'stop.yaml').write_text(yaml.safe_dump(grid))
+    assert run_sweep(grid, tmp_path/'whole', progress=False) == {}
+    driver = subprocess.Popen([sys.executable, '-m', 'avss.sweep', str(tmp_path/'stop.yaml'), '--runs-dir', str(tmp_path/'runs')],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run = tmp_path/'runs'/'stop'/'k4'
+    deadline = time.time() + 300
+    while not ((run/'metrics.jsonl').exists() and len(_losses(run)) >= 3):
+        assert driver.poll() is None and time.time() < deadline, 'no third step logged'
+        time.sleep(0.2)
+    stages = _process_tree(driver.pid)
+    assert len(stages) >= 2                                  # papermill and its kernel at least
+    driver.send_signal(signal.SIGTERM)
+    out, _ = driver.communicate(timeout=300)
+    assert driver.returncode == STOPPED_EXIT, out[-3000:]
+    assert '1 of 1 points unfinished (k4)' in out and 'run the same command again' in out, out[-3000:]
+    assert not [p for p in stages if _alive(p)]              # no stage left training on its own
+    log = (run/'logs'/'pretrain.log').read_text()
+    assert 'stopped on SIGTERM at step' in log, log[-3000:]                # the run's own stop, a checkpoint written
+    step = load_checkpoint(run/'checkpoints'/'last.pt')['step']
+    assert 3 <= step < 10 and not (run/'summary.json').exists()
+
+    assert run_sweep(tmp_path/'stop.yaml', tmp_path/'runs', progress=False) == {}
+    whole = tmp_path/'whole'/'stop'/'k4'
+    assert _losses(run) == _losses(whole) and len(_losses(run)) == 10
+    a, b = load_checkpoint(run/'checkpoints'/'last.pt')['model'], load_checkpoint(whole/'checkpoints'/'last.pt')['model']
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
