@@ -5,9 +5,10 @@
 # %% auto #0
 __all__ = ['MEASURE_COLUMNS', 'TITLES', 'downstream_scores', 'collect', 'score_columns', 'seed_table', 'sampling_only',
            'paper_tables', 'learn_threshold', 'learned', 'shortcut_floor', 'seeds_that_learn', 'plot_seeds_that_learn',
-           'markdown_table', 'write_report']
+           'read_runs', 'with_records', 'markdown_table', 'write_report']
 
 # %% ../nbs/14a_report.ipynb #c002
+import io
 import json
 from pathlib import Path
 
@@ -174,6 +175,7 @@ def _loss_panel(ax, t: pd.DataFrame):
 def _curves_panel(ax, t: pd.DataFrame, k: int, z: float, cycle: list):
     colours = dict(zip(sorted(t['batch_size'].unique()), cycle))
     for _, r in t[(t['k'] == k) & (t['w'] == 'all')].iterrows():
+        if not isinstance(r.get('run_dir'), str): continue      # a recorded run: no history on disk
         h = heldout_history(r['run_dir'])
         if h.empty or 'r1_within_a2v' not in h: continue
         ax.plot(h['step'], h['r1_within_a2v'], ls='-' if r['learned'] else ':', c=colours[r['batch_size']], lw=1.2,
@@ -201,6 +203,25 @@ def plot_seeds_that_learn(table: pd.DataFrame, z: float = 3.0, path=None, k: int
     if path is not None: save_png(fig, path)
     return fig
 
+# %% ../nbs/14a_report.ipynb #c009b
+def _w_value(v):
+    "w as a run gives it: a number of snippets, or 'all'."
+    return int(v) if isinstance(v, str) and v.isdigit() else v
+
+def read_runs(path_or_buffer) -> pd.DataFrame:
+    "The rows of a report's runs.csv, typed as the report reads them."
+    t = pd.read_csv(path_or_buffer)
+    if 'w' in t: t['w'] = t['w'].map(_w_value)
+    return t
+
+def with_records(table: pd.DataFrame, records=()) -> pd.DataFrame:
+    "`table` (collected runs) and, for runs it lacks (by sweep and run), the rows of the runs.csv files `records`, sorted by sweep and run; `table` itself where there are no records."
+    if not records: return table
+    live = read_runs(io.StringIO(table.to_csv(index=False))).assign(record='') if len(table) else pd.DataFrame()
+    recorded = [read_runs(Path(p)).assign(record=str(p)) for p in records]
+    out = pd.concat([live, *recorded], ignore_index=True).drop_duplicates(['sweep', 'run'], keep='first')
+    return out.sort_values(['sweep', 'run'], kind='stable').reset_index(drop=True)
+
 # %% ../nbs/14a_report.ipynb #c010
 def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
     "A GitHub Markdown table of `df` (numbers rounded, NaN left blank)."
@@ -224,18 +245,20 @@ def _seeds_table(table: pd.DataFrame) -> dict:
     need = {'r1_within_a2v', 'chance_r1_within', 'heldout_snippets', 'final_loss', 'batch_size'}
     return {'seeds': seeds_that_learn(table)} if need <= set(table) and sampling_only(table).any() else {}
 
-def write_report(sweep_dir, out_dir=None, also=()) -> dict:
-    "runs.csv, tableN.md/.csv, Figures 1-2 and the seeds figure (PNG) and report.md for a sweep folder (pooled with the folders `also`), into `out_dir` (default: the sweep folder)."
+def write_report(sweep_dir, out_dir=None, also=(), records=()) -> dict:
+    "runs.csv, tableN.md/.csv, Figures 1-2 and the seeds figure (PNG) and report.md for a sweep folder (pooled with the folders `also` and the runs.csv files `records`), into `out_dir` (default: the sweep folder)."
     import matplotlib.pyplot as plt                         # matplotlib only where a figure is drawn
     sweep_dir = Path(sweep_dir)
     out_dir = Path(out_dir or sweep_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = pd.concat([collect(d) for d in [sweep_dir, *map(Path, also)]], ignore_index=True)
+    table = with_records(pd.concat([collect(d) for d in [sweep_dir, *map(Path, also)]], ignore_index=True), records)
     if table.empty: raise FileNotFoundError(f'no finished run (summary.json) in {sweep_dir}')
     atomic_write_text(out_dir/'runs.csv', table.drop(columns=['run_dir', 'runs_dir'], errors='ignore').to_csv(index=False))
     tables = {**paper_tables(table), **_seeds_table(table)}
     names = ', '.join(Path(d).name for d in [sweep_dir, *also])
-    parts = [f'# Report: {names}\n', f'{len(table)} runs; per-run rows in runs.csv.\n']
+    recorded = int((table['record'] != '').sum()) if 'record' in table else 0
+    parts = [f'# Report: {names}\n', f'{len(table)} runs; per-run rows in runs.csv'
+             + (f' ({recorded} of them from {", ".join(map(str, records))}).\n' if records else '.\n')]
     for name, t in tables.items():
         atomic_write_text(out_dir/f'{name}.csv', t.to_csv(index=False))
         atomic_write_text(out_dir/f'{name}.md', markdown_table(t))

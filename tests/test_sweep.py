@@ -1,6 +1,7 @@
 """The sweep runner end to end (two tiny points, their measurements, the report) and its resume."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from avss.report import collect, write_report
+from avss.report import collect, read_runs, write_report
 from avss.rundir import STOPPED_EXIT, load_checkpoint
 from avss.sweep import expand, load_grid, point_status, run_sweep
 
@@ -65,6 +66,22 @@ def test_two_points_run_end_to_end_and_resume(grid, tmp_path):
     assert len(pooled) == 1 + 2 * len(names)
     assert [l.split('|')[3].strip() for l in (tmp_path/'pooled'/'table1.md').read_text().splitlines()[2:]] == ['2', '2']
     assert (tmp_path/'pooled'/'seeds.md').exists() and (tmp_path/'pooled'/'seeds.png').exists()
+    # `records`: a run lost from disk comes back from an earlier report's runs.csv, and the tables come out the same
+    record = tmp_path/'report'/'runs.csv'
+    lost = tmp_path/'lost'/'two'
+    shutil.copytree(sweep, lost)
+    shutil.rmtree(lost/'k4_wall')
+    r = subprocess.run(pm + ['-p', 'sweep', str(lost), '-p', 'records', str(record), '-p', 'out_dir', str(tmp_path/'rec')],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = read_runs(tmp_path/'rec'/'runs.csv')
+    assert list(rows['run']) == names and rows['record'].fillna('').tolist() == ['', str(record)]
+    for f in ('table1.md', 'table1.csv', 'seeds.md'):
+        assert (tmp_path/'rec'/f).read_text() == (tmp_path/'report'/f).read_text(), f
+    r = subprocess.run(pm + ['-p', 'sweep', str(lost), '-p', 'records', str(tmp_path/'nope.csv')], capture_output=True, text=True)
+    assert r.returncode != 0 and f"parameter 'records': no file {tmp_path/'nope.csv'}" in r.stderr
+    both = write_report(sweep, tmp_path/'both', records=[record])              # a run on disk wins over its record
+    assert list(both['table']['run']) == names and (both['table']['record'] == '').all()
 
     # interrupt: the second point lost its measurements and the end of its pretraining
     k4 = sweep/'k4_wall'
