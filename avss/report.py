@@ -256,9 +256,8 @@ def write_report(sweep_dir, out_dir=None, also=(), records=()) -> dict:
     atomic_write_text(out_dir/'runs.csv', table.drop(columns=['run_dir', 'runs_dir'], errors='ignore').to_csv(index=False))
     tables = {**paper_tables(table), **_seeds_table(table)}
     names = ', '.join(Path(d).name for d in [sweep_dir, *also])
-    recorded = int((table['record'] != '').sum()) if 'record' in table else 0
-    parts = [f'# Report: {names}\n', f'{len(table)} runs; per-run rows in runs.csv'
-             + (f' ({recorded} of them from {", ".join(map(str, records))}).\n' if records else '.\n')]
+    origin = f" ({int((table['record'] != '').sum())} of them from {', '.join(map(str, records))})" if records else ''
+    parts = [f'# Report: {names}\n', f'{len(table)} runs; per-run rows in runs.csv{origin}.\n']
     for name, t in tables.items():
         atomic_write_text(out_dir/f'{name}.csv', t.to_csv(index=False))
         atomic_write_text(out_dir/f'{name}.md', markdown_table(t))
