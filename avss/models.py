@@ -118,7 +118,9 @@ class Conv3dAs2d(nn.Conv3d):
 
     def _spatial(self, x):
         st, sh, sw = self.stride
-        x = x[:, :, ::st]                         # a 1x1x1 conv's temporal stride: every st-th frame
+        if self.kernel_size == (1, 1, 1) and (sh, sw) != (1, 1):   # strides as a slice, then a stride-1 conv (below)
+            x, (sh, sw) = _relayout(x[:, :, ::st, ::sh, ::sw], torch.channels_last_3d), (1, 1)
+        else: x = x[:, :, ::st]                   # a 1x1x1 conv's temporal stride: every st-th frame
         B, C, T, H, W = x.shape                   # the reshape is a view, except after a stride on an odd T (a copy)
         y = F.conv2d(x.transpose(1, 2).reshape(B * T, C, H, W), self.weight.squeeze(2), self.bias, (sh, sw),
                      self.padding[1:], 1, self.groups)  # [B*T, C', H', W']

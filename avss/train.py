@@ -78,6 +78,7 @@ class PretrainConfig(RunConfig):
     preset: str = param('auto', one_of('auto', 'paper', 'tiny'), 'model and input sizes (avss.models.PRESETS); auto: paper with a GPU, tiny without')
     crop: int | None = param(None, is_int(8, none_ok=True), "side of the video crop (None: the preset's; tiny at 32 trains about 3x faster on a CPU)")
     short_side: int | None = param(None, is_int(8, none_ok=True), "shorter side the frames are scaled to before cropping (None: the preset's)")
+    conv: str = param('auto', one_of('auto', '2d', '3d'), "how f computes its convolutions: '3d' (Conv3d) or '2d' (2-D convs on views; the same weights and function, other rounding); auto: the preset's")
     precision: str = param('auto', one_of('auto', 'fp32', 'bf16'), 'bf16 autocast or fp32; auto: bf16 on a GPU, fp32 on the CPU')
     channels_last: bool = param(True, is_bool(), 'channels-last memory format (on a GPU)')
     compile: bool = param(False, is_bool(), 'torch.compile the model')
@@ -107,6 +108,7 @@ class PretrainConfig(RunConfig):
                           warmup_steps=pick(cfg.warmup_steps, 'warmup_steps'),
                           checkpoint_every=pick(cfg.checkpoint_every, 'checkpoint_every'),
                           max_steps=pick(cfg.max_steps, 'max_steps') if cfg.epochs is None else cfg.max_steps,
+                          conv=get_preset(cfg.preset).conv if cfg.conv == 'auto' else cfg.conv,
                           w='all' if cfg.w is None else cfg.w)
         if errors := pretrain_errors(cfg): raise ParamError('invalid pretraining parameters:\n  ' + '\n  '.join(errors))
         return cfg
@@ -115,8 +117,8 @@ PRETRAIN_SPEC = PretrainConfig.spec()        # {name: Param}: what the CLI, the 
 
 # %% ../nbs/09_train.ipynb #c006
 def run_preset(cfg: PretrainConfig):
-    "The model preset of a run: `cfg.preset` with the run's `crop` and `short_side` when they are set."
-    sizes = dict(crop=cfg.crop, short_side=cfg.short_side)
+    "The model preset of a run: `cfg.preset` with the run's `crop`, `short_side` and `conv` when they are set."
+    sizes = dict(crop=cfg.crop, short_side=cfg.short_side, conv=None if cfg.conv == 'auto' else cfg.conv)
     return dataclasses.replace(get_preset(cfg.preset), **{k: v for k, v in sizes.items() if v is not None})
 
 RECIPES = {
