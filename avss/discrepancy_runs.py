@@ -122,12 +122,14 @@ def measure_run(run_dir, data: str | None = None, snippets_per_title: int = 16, 
     model, params, step = load_run_model(run_dir, device)
     held = heldout_catalog(params, data)
     if num_workers is None: num_workers = min(4, (os.cpu_count() or 1) // 2)
+    unreadable = []                         # held-out titles whose files no longer read: measured without, named
     z_v, z_a, n, _ = embed(model, held, preset=model.preset, snippets_per_title=snippets_per_title, seed=seed,
-                           batch_size=batch_size, num_workers=num_workers, progress=progress)
+                           batch_size=batch_size, num_workers=num_workers, progress=progress, unreadable=unreadable)
+    for r in unreadable: print(f"{run_dir.name}: title {r['title_id']} is unreadable and left out: {r['file']}: {r['reason']}")
     measures, (S_pos, S_neg, S_other) = measure_embeddings(z_v, z_a, n, seed=seed, samples=True)
     out = dict(run=run_dir.name, step=step, data=data if data is not None else params.get('data'),
                titles='heldout' if data is None else 'all', snippets_per_title=snippets_per_title, seed=seed,
-               measured=time.strftime('%Y-%m-%d %H:%M:%S'), git=git_revision(), heldout=measures)
+               measured=time.strftime('%Y-%m-%d %H:%M:%S'), git=git_revision(), heldout=measures, unreadable=unreadable)
     atomic_write_json(run_dir/'discrepancy.json', out)
     buf = io.BytesIO(); np.savez(buf, S_pos=S_pos, S_neg=S_neg, S_other=S_other)
     atomic_write_bytes(run_dir/'similarities.npz', buf.getvalue())

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .core import atomic_write_bytes, atomic_write_text, default_runs_dir
 from .prepare import prepare
-from .rundir import STOPPED_EXIT, RunStopped, read_metrics, read_summary
+from .rundir import STOPPED_EXIT, RunStopped, exit_reason, read_metrics, read_summary
 from .synth import make_corpus
 from .train import PretrainConfig, data_dir, pretrain
 
@@ -126,7 +126,7 @@ def run_together(params: list[PretrainConfig], log_dir, progress: bool = True, p
     if failed:
         cfg, code = failed[0]
         log = log_dir/f"{cfg.run_name}.log"
-        raise RuntimeError(f"the k = {cfg.k} run ended with exit status {code}; the end of {log} says why (delete "
+        raise RuntimeError(f"the k = {cfg.k} run ended: {exit_reason(code)}; the end of {log} says why (delete "
                            f"{log_dir} to start the quickstart afresh):\n" + log.read_text()[-3000:])
     if interrupted or any(pr.returncode != 0 for pr in procs):
         raise QuickstartStopped(f'stopped; the runs in {log_dir} kept their checkpoints: run the quickstart again to '

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .datasets import SnippetReadError
 from .segment import SnippetGrid
 
 # %% ../nbs/00b_testing.ipynb #c005
@@ -91,13 +92,19 @@ def _encode_tone(out, stream, seconds, sample_rate, channels, tone_hz):
 class ToyDataset(torch.utils.data.Dataset):
     """Snippet (n, m) → what SnippetDataset returns, small: a uint8 video of the title's colour with m written in its
     top-left pixel, and a mel holding n in its first bin and m in its last."""
-    def __init__(self, counts, size=4, frames=2, mel=(4, 6), replace=None):
+    def __init__(self, counts, size=4, frames=2, mel=(4, 6), replace=None, broken=()):
         self.grid, self.size, self.frames, self.mel, self.replace = SnippetGrid.from_counts(counts), size, frames, mel, replace or {}
+        self.broken = set(broken)
 
     def __len__(self): return self.grid.total
 
     def __getitem__(self, key):
         n, m = self.replace.get(tuple(key), tuple(key))
+        return self.read(n, m)
+
+    def read(self, n: int, m: int) -> dict:
+        "Snippet (n, m) as SnippetDataset.read gives it; SnippetReadError for a title in `broken`."
+        if n in self.broken: raise SnippetReadError(f'title{n}/video.mp4', 'Invalid data found when processing input')
         colour = torch.tensor([(37 * n) % 256, (91 * n) % 256, (53 * n) % 256], dtype=torch.uint8)
         video = colour.view(3, 1, 1, 1).expand(3, self.frames, self.size, self.size).contiguous()
         video[:, :, 0, 0] = 10 * m

@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['PRETRAIN_SPEC', 'RECIPES', 'MEMORY_GIB', 'CPU_SECONDS_PER_CLIP', 'MAY_CHANGE_ON_RESUME', 'FLAGS', 'GRADIENT_NOTE',
            'PretrainConfig', 'run_preset', 'auto_preset', 'pretrain_errors', 'Dist', 'init_distributed',
-           'InsufficientMemoryError', 'memory_needed', 'memory_free', 'check_memory', 'cpu_warning', 'default_run_name',
-           'checkpoint_state', 'SeededBatches', 'data_dir', 'synthetic_catalog', 'load_catalogs', 'scene_table',
-           'scene_fallback', 'build_loader', 'plot_loss', 'measure_heldout', 'build_model', 'total_steps',
-           'NonFiniteStepError', 'train_step', 'agree', 'StepHealth', 'open_run', 'TextProgress', 'pretrain',
-           'finish_run', 'parse_value', 'parse_cli', 'main']
+           'InsufficientMemoryError', 'memory_needed', 'memory_free', 'check_memory', 'step_limit', 'cpu_warning',
+           'default_run_name', 'checkpoint_state', 'SeededBatches', 'data_dir', 'synthetic_catalog', 'load_catalogs',
+           'scene_table', 'scene_fallback', 'build_loader', 'plot_loss', 'measure_heldout', 'build_model',
+           'total_steps', 'NonFiniteStepError', 'train_step', 'agree', 'StepHealth', 'open_run', 'TextProgress',
+           'pretrain', 'finish_run', 'parse_value', 'parse_cli', 'main']
 
 # %% ../nbs/09_train.ipynb #c002
 import dataclasses
@@ -48,7 +48,7 @@ from .sync_bn import convert_sync_batchnorm
 from .synth import make_corpus
 from .transforms import item_seed, to_model_inputs
 from .scenes import title_scenes
-from .rundir import (STOPPED_EXIT, MetricsLog, RunDir, RunStopped, StopSignals, LoaderSignals,
+from .rundir import (STOPPED_EXIT, MetricsLog, RunDir, RunStopped, StepWatchdog, StopSignals, LoaderSignals, report_crashes,
                          load_checkpoint, read_metrics, read_summary, rng_states, set_rng_states)
 
 # %% ../nbs/09_train.ipynb #c005
@@ -57,6 +57,12 @@ def _is_window(v):
     if v is None or v == 'all': return None
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         return f'must be a positive integer or "all", got {v!r}'
+
+@partial(annotated, annotation='Union[float, str, None]')
+def _is_timeout(v):
+    if v is None or v == 'auto': return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+        return f'must be a number of seconds > 0, "auto" or None, got {v!r}'
 
 @dataclass(frozen=True)
 class PretrainConfig(RunConfig):
@@ -96,6 +102,7 @@ class PretrainConfig(RunConfig):
     eval_snippets: int = param(16, is_int(2), 'snippets per held-out title for the measurements')
     deterministic: bool = param(False, is_bool(), 'deterministic algorithms (slower; used by the resume and torchrun tests)')
     skip_nonfinite: int = param(0, is_int(0), 'steps with a non-finite loss or gradient skipped (no update) before the run stops')
+    step_timeout: float | str | None = param('auto', _is_timeout, "seconds a step may take before the run ends with every thread's stack (None: no limit; auto: 30 minutes, or 20 times a CPU step's estimate)")
 
     @classmethod
     def resolve(cls, given) -> 'PretrainConfig':
@@ -207,6 +214,13 @@ def check_memory(cfg: PretrainConfig, d: Dist, free: float | None = None):
         f"about {per_clip:.3f} GiB plus {fixed:.1f} GiB), but {d.device} has {free:.1f} GiB free. Ways out:\n  "
         + '\n  '.join(w for w in ways if w))
 
+def step_limit(cfg: PretrainConfig, d: Dist) -> float | None:
+    "Seconds a step may take (`step_timeout`; auto: 30 minutes, or 20 times the estimated CPU step where that is longer)."
+    if cfg.step_timeout != 'auto': return cfg.step_timeout
+    if d.device.type == 'cuda': return 1800.0
+    scale = (run_preset(cfg).crop / get_preset(cfg.preset).crop) ** 2
+    return max(1800.0, 20 * CPU_SECONDS_PER_CLIP[cfg.preset] * scale * cfg.batch_size / d.world_size)
+
 def cpu_warning(cfg: PretrainConfig, d: Dist) -> str | None:
     "What the paper preset on a CPU costs per step (None elsewhere)."
     if d.device.type == 'cuda' or cfg.preset != 'paper': return None
@@ -216,7 +230,7 @@ def cpu_warning(cfg: PretrainConfig, d: Dist) -> str | None:
 
 # %% ../nbs/09_train.ipynb #c016
 MAY_CHANGE_ON_RESUME = {'resume', 'num_workers', 'device', 'runs_dir', 'log_every', 'eval_every', 'keep_every',
-                        'checkpoint_every', 'eval_titles', 'skip_nonfinite'}
+                        'checkpoint_every', 'eval_titles', 'skip_nonfinite', 'step_timeout'}
 
 def default_run_name(cfg: PretrainConfig) -> str:
     w = cfg.w if cfg.w != 'all' else 'all'
@@ -310,11 +324,19 @@ def plot_loss(run_dir, ax=None, save: bool = True):
     return ax
 
 # %% ../nbs/09_train.ipynb #c025
-def measure_heldout(model, held, cfg: PretrainConfig, preset, d: Dist) -> dict:
-    "The held-out measures of `model` on catalog `held` (rank 0 only; {} without held-out titles)."
+def measure_heldout(model, held, cfg: PretrainConfig, preset, d: Dist, unreadable: dict | None = None) -> dict:
+    "The held-out measures of `model` on catalog `held` (rank 0 only; {} without held-out titles); unreadable titles "
+    "are left out, named once and kept in `unreadable` ({title_id: record})."
     if held is None or len(held) == 0 or not d.main: return {}
-    return heldout_measures(unwrap(model), held, preset, snippets_per_title=cfg.eval_snippets,
-                            titles=cfg.eval_titles, seed=cfg.split_seed, device=d.device)
+    found = []
+    measures = heldout_measures(unwrap(model), held, preset, snippets_per_title=cfg.eval_snippets,
+                                titles=cfg.eval_titles, seed=cfg.split_seed, device=d.device, unreadable=found)
+    for r in found:
+        if unreadable is not None and r['title_id'] in unreadable: continue
+        print(f"held-out title {r['title_id']} is unreadable and left out of the measurements: {r['file']}: {r['reason']}",
+              file=sys.stderr)
+        if unreadable is not None: unreadable[r['title_id']] = r
+    return measures
 
 # %% ../nbs/09_train.ipynb #c027
 def build_model(cfg: PretrainConfig, d: Dist):
@@ -489,6 +511,7 @@ def _record_failures(batch: dict, cat, broken: set, run_path: Path, step: int):
 def pretrain(params: dict | PretrainConfig, progress: bool = True) -> Path:
     "Pretrain with `params` (a dict or a `PretrainConfig`); returns the run directory. Resumable; works under torchrun."
     cfg = PretrainConfig.resolve(params)
+    report_crashes()                   # a native crash leaves every thread's stack where the launcher reads it
     d = init_distributed(cfg.device)
     if d.main: print(_preset_line(params, cfg))
     if d.main and (warning := cpu_warning(cfg, d)): print(warning, file=sys.stderr)
@@ -535,12 +558,14 @@ def pretrain(params: dict | PretrainConfig, progress: bool = True) -> Path:
         if d.main: print(f'{len(train_cat)} training titles, {len(held_cat)} held-out; {sampler!r}; '
                          f'{steps_per_epoch} batches per epoch, {steps} steps' + (f'; continuing at step {step}' if step else '')
                          + (f'; {len(broken)} title(s) quarantined' if broken else ''))
-        with StopSignals() as stop:
+        unreadable = {}                     # held-out titles that no longer read: measured without, named once
+        with StopSignals() as stop, StepWatchdog(step_limit(cfg, d)) as watchdog:
             _train(model, optimizer, scheduler, loader, sampler, log, stop, held_cat, cfg, preset, d, run_dir, rd, step, steps,
-                   progress and d.main)
+                   progress and d.main, watchdog, unreadable)
 
-        # ============ finishing ============
-        if d.main: finish_run(rd, model, held_cat, cfg, preset, d, log)
+            # ============ finishing ============
+            watchdog.beat('the final held-out measurement and summary')
+            if d.main: finish_run(rd, model, held_cat, cfg, preset, d, log, unreadable)
         if d.distributed: dist.barrier()
         return run_dir
     finally:
@@ -550,7 +575,7 @@ def pretrain(params: dict | PretrainConfig, progress: bool = True) -> Path:
 
 # %% ../nbs/09_train.ipynb #c032
 def _train(model, optimizer, scheduler, loader, sampler, log, stop, held_cat, cfg, preset, d, run_dir, rd, step, steps,
-           progress):
+           progress, watchdog, unreadable):
     "The training loop, from `step` to `steps`."
     model.train()
     steps_per_epoch, broken, buffers = len(sampler), loader.batch_sampler.broken, _buffers(model)
@@ -574,6 +599,7 @@ def _train(model, optimizer, scheduler, loader, sampler, log, stop, held_cat, cf
         _update(model, optimizer, flags, buffers, saved)
         scheduler.step()
         step += 1; window['steps'] += 1
+        watchdog.beat(f'step {step + 1}')
         health.add(step, loss, flags)
         bar.update(1)
         log_now = step % cfg.log_every == 0 or step == steps
@@ -585,16 +611,19 @@ def _train(model, optimizer, scheduler, loader, sampler, log, stop, held_cat, cf
         window['loss'] += h['loss']; window['updated'] += h['updated']
         if log_now: window = _log_window(window, step, epoch, scheduler, cfg, log, bar, text)
         if eval_now:                                                   # before the checkpoint: a checkpoint
-            m = measure_heldout(model, held_cat, cfg, preset, d)         # implies its measures
+            watchdog.beat(f'the held-out measurement at step {step}')   # implies its measures
+            m = measure_heldout(model, held_cat, cfg, preset, d, unreadable)
             if m: log.log(step, split='heldout', **m)
             model.train()
         stopping = h['flags'][-1]
         if step % cfg.checkpoint_every == 0 or step == steps or stopping:
+            watchdog.beat(f'the checkpoint at step {step}')
             if d.main:
                 keep = bool(cfg.keep_every) and step % cfg.keep_every == 0
                 rd.save_checkpoint(checkpoint_state(step, model, optimizer, scheduler,
                                                     sampler.state_dict(batches_done=step % steps_per_epoch), cfg), keep)
             if d.distributed: dist.barrier()
+            watchdog.beat(f'step {step + 1}')
         if stopping and step < steps:
             bar.close()
             raise RunStopped(run_dir, step, stop.signum or signal.SIGTERM)
@@ -612,7 +641,7 @@ def _log_window(window: dict, step: int, epoch: int, scheduler, cfg: PretrainCon
     return dict(t0=time.perf_counter(), wait=0.0, steps=0, loss=0.0, updated=0)
 
 # %% ../nbs/09_train.ipynb #c033
-def finish_run(rd: RunDir, model, held, cfg: PretrainConfig, preset, d: Dist, log: MetricsLog) -> dict:
+def finish_run(rd: RunDir, model, held, cfg: PretrainConfig, preset, d: Dist, log: MetricsLog, unreadable: dict | None = None) -> dict:
     "Encoders, final held-out measures, summary.json and loss.png of a finished run."
     run_dir = rd.path
     rows = read_metrics(run_dir)
@@ -621,7 +650,7 @@ def finish_run(rd: RunDir, model, held, cfg: PretrainConfig, preset, d: Dist, lo
     logged = next((r for r in rows if r.get('split') == 'heldout' and r['step'] == step), None)  # a resumed, finished run
     if logged: measures = {k: v for k, v in logged.items() if k not in ('step', 'split')}
     else:
-        measures = measure_heldout(model, held, cfg, preset, d)
+        measures = measure_heldout(model, held, cfg, preset, d, unreadable)
         if measures: log.log(step, split='heldout', **measures)
     losses = [r['loss'] for r in rows if 'loss' in r]
     speeds = [r['clips_per_s'] for r in rows if 'clips_per_s' in r]
@@ -630,7 +659,8 @@ def finish_run(rd: RunDir, model, held, cfg: PretrainConfig, preset, d: Dist, lo
                    final_loss=float(np.mean(tail)) if tail else None,
                    clips_per_s=float(np.median(speeds)) if speeds else None,
                    data_wait=float(np.median([r['data_wait'] for r in rows if 'data_wait' in r])) if speeds else None,
-                   heldout=measures, quarantined=rd.quarantined(), git=git_revision(),
+                   heldout=measures, heldout_unreadable=list((unreadable or {}).values()), quarantined=rd.quarantined(),
+                   git=git_revision(),
                    **next(({k: r[k] for k in ('scene_titles', 'scene_fallback', 'scene_fallback_rate')}
                            for r in rows if 'scene_fallback_rate' in r), {}),
                    finished=time.strftime('%Y-%m-%d %H:%M:%S'))

@@ -3,6 +3,7 @@ code, a double launch, divergence, preemption by a signal, a failed start, title
 unreadable checkpoint and a kill during a checkpoint write."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,8 +20,9 @@ from avss.core import ParamError
 from avss.discrepancy_runs import load_run_model
 from avss.models import load_encoders
 from avss.samplers import make_sampler
+from avss.sweep import child_processes
 from avss.segment import SnippetGrid
-from avss.rundir import STOPPED_EXIT, CheckpointError, UnsafeCheckpointError, load_checkpoint, nonfinite_tensors
+from avss.rundir import STALLED_EXIT, STOPPED_EXIT, CheckpointError, UnsafeCheckpointError, load_checkpoint, nonfinite_tensors
 from avss.train import pretrain
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,3 +227,65 @@ def test_a_kill_during_a_checkpoint_write_still_ends_with_the_same_weights(small
     assert rc == 0 and 'continuing at step 2' in out, out[-3000:]
     assert not list((run/'checkpoints').glob('.*.tmp'))
     _assert_same_run(tmp_path/'runs'/'whole', run)
+
+
+def _heldout_title(catalog, p) -> tuple[str, Path]:
+    "(title_id, video path) of a held-out title of the run `p` describes."
+    cat = Catalog.read(catalog)
+    usable, _ = cat.usable(frames=16, fps=5.0)
+    held = usable.split(heldout=p['heldout'], seed=0)[1]
+    return held.df['title_id'].iloc[0], Path(held.df['path'].iloc[0])
+
+
+def test_a_held_out_title_broken_after_preparation_leaves_the_run_finished_and_measured(small_catalog, tmp_path):
+    shutil.copytree(Path(small_catalog).parent, tmp_path/'corpus')
+    catalog = tmp_path/'corpus'/'catalog.csv'
+    p = _params(catalog, tmp_path/'runs', 'broken-heldout', max_steps=12, eval_every=4, heldout=0.5)
+    title, video = _heldout_title(catalog, p)
+    video.write_bytes(os.urandom(4096))                                     # overwritten after preparation
+    rc, out = _finish(_cli(p))
+    assert rc == 0, out[-3000:]
+    assert out.count(f'held-out title {title} is unreadable') == 1, out[-3000:]     # named once, measured three times
+    run = tmp_path/'runs'/'broken-heldout'
+    summary = json.loads((run/'summary.json').read_text())
+    assert [r['title_id'] for r in summary['heldout_unreadable']] == [title]
+    assert summary['heldout_unreadable'][0]['file'] == str(video)
+    held = [json.loads(l) for l in (run/'metrics.jsonl').read_text().splitlines() if '"heldout"' in l]
+    assert [r['step'] for r in held] == [4, 8, 12] and summary['heldout'] == {k: v for k, v in held[-1].items() if k not in ('step', 'split')}
+    n_held = len(_held_titles(catalog, p))
+    assert summary['heldout']['heldout_titles'] == n_held - 1 >= 2
+    r = subprocess.run([str(BIN/'avss'), 'measure', '-p', 'runs', str(run), '-p', 'snippets_per_title', '4',
+                        '-p', 'num_workers', '0', '-p', 'out_dir', str(tmp_path/'measured')], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f'title {title} is unreadable and left out' in r.stdout
+    assert [u['title_id'] for u in json.loads((run/'discrepancy.json').read_text())['unreadable']] == [title]
+
+
+def _held_titles(catalog, p):
+    cat = Catalog.read(catalog)
+    return cat.usable(frames=16, fps=5.0)[0].split(heldout=p['heldout'], seed=0)[1].df['title_id'].tolist()
+
+
+def test_a_step_that_never_finishes_ends_the_run_with_every_threads_stack(small_catalog, tmp_path):
+    "The data-loader worker is stopped (SIGSTOP) mid-run: the loop waits for a batch that never comes, as on a hung file system."
+    proc = _cli(_params(small_catalog, tmp_path/'runs', 'stall', max_steps=10_000, step_timeout=20))
+    run = tmp_path/'runs'/'stall'
+    workers = []
+    try:
+        _wait_for(lambda: _logged_step(run) >= 2, proc, 'step 2')
+        workers = child_processes(proc.pid)
+        assert workers, 'no data-loader worker'
+        for pid in workers: os.kill(pid, signal.SIGSTOP)
+        t = time.monotonic()
+        proc.wait(timeout=300)              # not communicate(): the stopped worker holds the output pipes open
+    finally:
+        for pid in workers + (child_processes(proc.pid) if proc.poll() is None else []):
+            try: os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError: pass
+    rc, out = _finish(proc)
+    assert rc == STALLED_EXIT, out[-3000:]
+    stalled = re.search(r'step (\d+) has not finished within step_timeout=20 s: the stack of every thread follows', out)
+    assert stalled and int(stalled.group(1)) > 2, out[-3000:]
+    assert 'most recent call first' in out and 'in _train' in out, out[-3000:]   # the loop's own frame, waiting for a batch
+    assert time.monotonic() - t < 120
+    assert load_checkpoint(run/'checkpoints'/'last.pt')['step'] >= 2            # what it had is kept
