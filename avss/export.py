@@ -20,7 +20,7 @@ import avss
 from .core import atomic_write_bytes, atomic_write_text, git_revision
 from .downstream_train import resolve_checkpoint
 from .embed import Embedder, load_embedder
-from .models import (CONFIG_NAME, WEIGHTS_NAME, AVModel, Preset, VideoEncoder, count_params, heads_hidden,
+from .models import (CONFIG_NAME, WEIGHTS_NAME, AVModel, Preset, VideoEncoder, count_params, heads_hidden, pretrained_config,
                          save_pretrained)
 from .rundir import read_summary
 from .train import PRETRAIN_SPEC, PretrainConfig, load_catalogs, run_preset
@@ -228,8 +228,8 @@ def export(checkpoint, out_dir, torchvision: bool = False, overwrite: bool = Fal
     source = dict(run=record['run'], checkpoint=record['checkpoint'], step=record['step'],
                   git=(record['summary'] or {}).get('git'), exported_by=dict(avss=avss.__version__, git=git_revision()),
                   params=record['params'])
-    save_pretrained(model, out, **source)
+    card = model_card(pretrained_config(model, **source), record, describe_corpus(record['params']), out.name, tv is not None)
+    save_pretrained(model, out, **source)                  # everything above is checked or made before a file is written
     if tv is not None: atomic_write_bytes(out/TORCHVISION_NAME, safetensors_bytes(tv, metadata={'format': 'pt'}))
-    config = json.loads((out/CONFIG_NAME).read_text())
-    atomic_write_text(out/'README.md', model_card(config, record, describe_corpus(record['params']), out.name, tv is not None))
+    atomic_write_text(out/'README.md', card)
     return out
