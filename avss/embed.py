@@ -26,7 +26,7 @@ from .datasets import SnippetDataset
 from .decode import DecodeError
 from .discrepancy_runs import load_run_model
 from .downstream_train import resolve_checkpoint
-from .models import AVModel, load_encoders, load_heads, unwrap
+from .models import CONFIG_NAME, AVModel, load_encoders, load_heads, unwrap
 from .prepare import title_slug
 from .segment import SnippetGrid
 from .transforms import LogMel, VideoEval, to_model_inputs
@@ -61,9 +61,11 @@ class Embedder(nn.Module):
 
 # %% ../nbs/15_embed.ipynb #c010
 def load_embedder(checkpoint) -> Embedder:
-    "An `Embedder` from an AVModel, a run directory (its encoders.pt, else checkpoints/last.pt) or an encoders.pt."
+    "An `Embedder` from an AVModel, a run directory (its encoders.pt, else checkpoints/last.pt), an encoders.pt or an exported folder."
     if isinstance(checkpoint, Embedder): return checkpoint
     if isinstance(checkpoint, nn.Module): return Embedder.from_model(checkpoint)
+    if (Path(checkpoint)/CONFIG_NAME).is_file():   # a folder of `avss export` (model.safetensors + config.json)
+        return Embedder.from_model(AVModel.from_pretrained(checkpoint), source=Path(checkpoint).resolve())
     path = resolve_checkpoint(checkpoint).resolve()
     run_dir = path.parent.parent if path.parent.name == 'checkpoints' else path.parent
     last = run_dir/'checkpoints'/'last.pt'

@@ -1,4 +1,4 @@
-"""The `avss` command: its help lists the seven subcommands, each answers --help, parameters reach the library."""
+"""The `avss` command: its help lists the eight subcommands, each answers --help, parameters reach the library."""
 import importlib.util
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import pytest
 from avss.cli import COMMANDS, build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
-SEVEN = ['catalog', 'prepare', 'pretrain', 'finetune', 'measure', 'sweep', 'embed']
+SUBCOMMANDS = ['catalog', 'prepare', 'pretrain', 'finetune', 'measure', 'sweep', 'embed', 'export']
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
@@ -21,21 +21,21 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 
 
 def test_help_lists_every_subcommand(capsys):
-    assert list(COMMANDS) == SEVEN
+    assert list(COMMANDS) == SUBCOMMANDS
     rc, out, _ = run(capsys, '--help')
     assert rc == 0
     listed = [line.split()[0] for line in out.splitlines() if line.startswith('    ') and not line.startswith('     ')]
-    assert listed == SEVEN, out
+    assert listed == SUBCOMMANDS, out
 
 
 def test_console_script_help():
     exe = Path(sys.executable).parent/'avss'
     assert exe.is_file(), f'{exe} missing: install the package with pip install -e .'
     r = subprocess.run([str(exe), '--help'], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and all(f'    {c} ' in r.stdout for c in SEVEN), r.stdout + r.stderr
+    assert r.returncode == 0 and all(f'    {c} ' in r.stdout for c in SUBCOMMANDS), r.stdout + r.stderr
 
 
-@pytest.mark.parametrize('command', SEVEN)
+@pytest.mark.parametrize('command', SUBCOMMANDS)
 def test_subcommand_help(capsys, command):
     rc, out, _ = run(capsys, command, '--help')
     assert rc == 0 and out.startswith('usage:')
