@@ -4,12 +4,14 @@
 
 # %% auto #0
 __all__ = ['MEASURE_COLUMNS', 'TITLES', 'downstream_scores', 'collect', 'score_columns', 'seed_table', 'sampling_only',
-           'paper_tables', 'learn_threshold', 'learned', 'shortcut_floor', 'seeds_that_learn', 'plot_seeds_that_learn',
-           'read_runs', 'with_records', 'markdown_table', 'write_report']
+           'paper_tables', 'learn_threshold', 'learned', 'shortcut_floor', 'wilson', 'fisher_exact', 'trend_test',
+           'seeds_that_learn', 'titles_per_batch_tests', 'plot_seeds_that_learn', 'read_runs', 'with_records',
+           'markdown_table', 'write_report']
 
 # %% ../nbs/14a_report.ipynb #c002
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +49,7 @@ def collect(sweep_dir) -> pd.DataFrame:
     extra = []
     for d in runs:
         s = json.loads((d/'summary.json').read_text())
-        extra.append({'final_loss': s.get('final_loss'), 'steps': s.get('steps'), 'genre_mix': mixes.get(d.name),
+        extra.append({'final_loss': s.get('final_loss'), 'steps': s.get('steps'), 'genre_mix': mixes.get(d.name), 'git': s.get('git'),
                       **downstream_scores(d)})
     return pd.concat([table.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
 
@@ -124,23 +126,83 @@ def shortcut_floor(k):
     "Eq. 1's loss when titles are told apart perfectly and all pairs within a title score alike: ln(2k - 1)."
     return np.log(2 * np.asarray(k, dtype=float) - 1)
 
+# %% ../nbs/14a_report.ipynb #c008s
+def wilson(learned, runs, z: float = 1.96) -> tuple:
+    "The Wilson score interval (lo, hi) of the proportion learned / runs (arrays work elementwise); (nan, nan) for 0 runs."
+    x, n = np.asarray(learned, dtype=float), np.asarray(runs, dtype=float)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        p, q = x / n, z * z / n
+        mid, half = (p + q / 2) / (1 + q), z * np.sqrt(p * (1 - p) / n + q / (4 * n)) / (1 + q)
+    return mid - half, mid + half
+
+def _hypergeometric(x: int, rows: tuple, learned: int) -> float:
+    "P(x of the first row's runs learned | both rows' runs, `learned` in all)."
+    n1, n2 = rows
+    return math.comb(n1, x) * math.comb(n2, learned - x) / math.comb(n1 + n2, learned)
+
+def fisher_exact(a: int, b: int, c: int, d: int) -> float:
+    "Two-sided p of Fisher's exact test of the table [[a, b], [c, d]] (rows: settings; columns: learned, did not)."
+    rows, learned = (a + b, c + d), a + c
+    seen = _hypergeometric(a, rows, learned)
+    xs = range(max(0, learned - rows[1]), min(rows[0], learned) + 1)
+    return min(1.0, sum(p for x in xs if (p := _hypergeometric(x, rows, learned)) <= seen * (1 + 1e-9)))
+
+# %% ../nbs/14a_report.ipynb #c008t
+def trend_test(learned, runs, scores) -> dict:
+    "Exact conditional test of a linear trend in the rate learned/runs over `scores`: {'statistic', 'p_down', 'p_up', 'p'}."
+    x, n, s = (np.asarray(v) for v in (learned, runs, scores))
+    total, ways = int(x.sum()), {(0, 0.0): 1}              # (learners so far, their score sum) -> number of ways
+    for ni, si in zip(n.tolist(), s.tolist()):
+        nxt = {}
+        for (k, t), w in ways.items():
+            for j in range(0, min(ni, total - k) + 1):
+                key = (k + j, round(t + j * si, 9))
+                nxt[key] = nxt.get(key, 0) + w * math.comb(ni, j)
+        ways = nxt
+    dist = {t: w for (k, t), w in ways.items() if k == total}
+    norm, seen = sum(dist.values()), round(float((x * s).sum()), 9)
+    p_down = sum(w for t, w in dist.items() if t <= seen + 1e-9) / norm
+    p_up = sum(w for t, w in dist.items() if t >= seen - 1e-9) / norm
+    return dict(statistic=seen, p_down=p_down, p_up=p_up, p=min(1.0, 2 * min(p_down, p_up)))
+
 # %% ../nbs/14a_report.ipynb #c008g
 def _judged(table: pd.DataFrame, z: float) -> pd.DataFrame:
     "The sampling-only runs, w as text, each with whether it `learned`."
     t = table[sampling_only(table)]
     return t.assign(w=t['w'].astype(str), learned=learned(t, z))
 
+def _implementation(t: pd.DataFrame) -> pd.Series:
+    "The conv form each run computed f in ('2d', '3d'), or '-' for runs recorded before `conv` was a parameter."
+    return t['conv'].fillna('-').astype(str) if 'conv' in t else pd.Series('-', index=t.index)
+
 def seeds_that_learn(table: pd.DataFrame, z: float = 3.0) -> pd.DataFrame:
-    "Per sampling setting (k, w, batch size) of the sampling-only runs: titles per batch, runs, seeds that learned, final losses against the floor."
-    t = _judged(table, z)
+    "Per sampling setting (k, w, batch size) and conv form of the sampling-only runs: titles per batch, runs, seeds that "
+    "learned with the 95% Wilson interval of the rate, mean R@1 and final loss of those that learned and of the others."
+    t = _judged(table, z).assign(conv=_implementation)
     rows = []
-    for (k, b, w), g in t.groupby(['k', 'batch_size', 'w'], sort=True):
+    for (k, b, w, conv), g in t.groupby(['k', 'batch_size', 'w', 'conv'], sort=True):
         yes, no = g[g['learned']], g[~g['learned']]
-        rows.append(dict(k=k, w=w, batch_size=b, titles_per_batch=b // k, runs=len(g), learned=len(yes),
+        lo, hi = wilson(len(yes), len(g))
+        rows.append(dict(k=k, w=w, batch_size=b, conv=conv, titles_per_batch=b // k, runs=len(g), learned=len(yes),
+                         rate=len(yes) / len(g), rate_lo=float(lo), rate_hi=float(hi),
                          seeds_learned=' '.join(map(str, sorted(yes['seed']))), r1_learned=yes['r1_within_a2v'].mean(),
                          r1_not=no['r1_within_a2v'].mean(), loss_learned=yes['final_loss'].mean(),
                          loss_not=no['final_loss'].mean(), shortcut_floor=float(shortcut_floor(k))))
     return pd.DataFrame(rows)
+
+def titles_per_batch_tests(s: pd.DataFrame, few: int = 2) -> tuple[pd.DataFrame, dict]:
+    "The rows of a `seeds_that_learn` table (w = all) pooled by titles in a batch, with their rates and intervals; and "
+    "the tests: Fisher's on at most `few` titles against more, and the exact trend test in log2(titles per batch)."
+    s = s[s['w'] == 'all']
+    by = s.groupby('titles_per_batch')[['runs', 'learned']].sum().reset_index()
+    lo, hi = wilson(by['learned'], by['runs'])
+    by = by.assign(rate=by['learned'] / by['runs'], rate_lo=lo, rate_hi=hi)
+    a, c = (int(by.loc[m, 'learned'].sum()) for m in (by['titles_per_batch'] <= few, by['titles_per_batch'] > few))
+    n1, n2 = (int(by.loc[m, 'runs'].sum()) for m in (by['titles_per_batch'] <= few, by['titles_per_batch'] > few))
+    trend = trend_test(by['learned'], by['runs'], np.log2(by['titles_per_batch']))
+    return by, dict(few=few, learned_few=a, runs_few=n1, learned_more=c, runs_more=n2,
+                    fisher_p=fisher_exact(a, n1 - a, c, n2 - c) if n1 and n2 else float('nan'),
+                    trend_p=trend['p'], trend_p_down=trend['p_down'])
 
 # %% ../nbs/14a_report.ipynb #c008h
 def _split_k(s: pd.DataFrame):
@@ -152,14 +214,19 @@ def _split_k(s: pd.DataFrame):
     return int(by_k.sort_values(['runs', 'off_half'], ascending=[False, True], kind='stable').index[0])
 
 def _fraction_panel(ax, s: pd.DataFrame):
-    for b, g in s[s['w'] == 'all'].groupby('batch_size'):
-        ax.scatter(g['titles_per_batch'], g['learned'] / g['runs'], s=30 + 15 * g['runs'], label=f'batch {b}', alpha=.8)
-        for _, r in g.iterrows():
-            ax.annotate(f"k={r['k']}", (r['titles_per_batch'], r['learned'] / r['runs']), fontsize=7,
-                        xytext=(4, 4), textcoords='offset points')
+    "Rate of learning seeds by titles in a batch, one point per (k, batch, conv form) with its 95% Wilson interval."
+    shift, marker = {'3d': 1.08}, {'2d': 'o', '3d': 's', '-': 'D'}
+    for (b, conv), g in s[s['w'] == 'all'].groupby(['batch_size', 'conv']):
+        x = g['titles_per_batch'] * shift.get(conv, 1.0)
+        ax.errorbar(x, g['rate'], yerr=[g['rate'] - g['rate_lo'], g['rate_hi'] - g['rate']], fmt=marker.get(conv, 'o'),
+                    ms=6, capsize=3, alpha=.8,
+                    label=f'batch {b}' + ('' if conv == '-' else f', {conv} form'))
+        for xi, (_, r) in zip(x, g.iterrows()):
+            ax.annotate(f"k={r['k']} ({r['learned']}/{r['runs']})", (xi, r['rate']), fontsize=7, xytext=(4, 4),
+                        textcoords='offset points')
     ax.set_xscale('log', base=2); ax.set_ylim(-0.05, 1.05)
     ax.set_xticks(sorted(s['titles_per_batch'].unique()), [str(v) for v in sorted(s['titles_per_batch'].unique())])
-    ax.set_xlabel('titles in a batch (batch size / k)'); ax.set_ylabel('fraction of seeds that learn')
+    ax.set_xlabel('titles in a batch (batch size / k)'); ax.set_ylabel('fraction of seeds that learn (95% interval)')
     ax.set_title('(a) seeds that learn, w = all', fontsize=10); ax.legend(fontsize=7); ax.grid(alpha=.3)
 
 def _loss_panel(ax, t: pd.DataFrame):
@@ -238,12 +305,20 @@ TITLES = {'table1': 'Table 1 and Figure 1: sampling (k, w) against downstream sc
           'table2': 'Table 2: raw dot products against l2-normalised embeddings with temperature tau',
           'scene': "Scene windows (a title's k snippets from one shot) against index windows",
           'table3': 'Table 3: genre mix of the pretraining collection',
-          'seeds': 'Seeds that learn the correspondence (within-title R@1 above chance by 3 standard errors)'}
+          'seeds': 'Seeds that learn the correspondence (within-title R@1 above chance by 3 standard errors)',
+          'titles': 'Seeds that learn, by titles in a batch (w = all, every k and conv form pooled)'}
 
 def _seeds_table(table: pd.DataFrame) -> dict:
     "{'seeds': seeds_that_learn} where the runs hold what it needs."
     need = {'r1_within_a2v', 'chance_r1_within', 'heldout_snippets', 'final_loss', 'batch_size'}
     return {'seeds': seeds_that_learn(table)} if need <= set(table) and sampling_only(table).any() else {}
+
+def _tests_text(t: dict) -> str:
+    "The titles-per-batch tests in a sentence."
+    return (f"With at most {t['few']} titles in a batch {t['learned_few']} of {t['runs_few']} seeds learned, with more "
+            f"{t['learned_more']} of {t['runs_more']}: Fisher's exact test p = {t['fisher_p']:.2g} (two-sided). Exact "
+            f"trend test in log2(titles per batch): p = {t['trend_p']:.2g} (two-sided; {t['trend_p_down']:.2g} for a rate "
+            'that falls as titles increase).\n')
 
 def write_report(sweep_dir, out_dir=None, also=(), records=()) -> dict:
     "runs.csv, tableN.md/.csv, Figures 1-2 and the seeds figure (PNG) and report.md for a sweep folder (pooled with the folders `also` and the runs.csv files `records`), into `out_dir` (default: the sweep folder)."
@@ -255,6 +330,8 @@ def write_report(sweep_dir, out_dir=None, also=(), records=()) -> dict:
     if table.empty: raise FileNotFoundError(f'no finished run (summary.json) in {sweep_dir}')
     atomic_write_text(out_dir/'runs.csv', table.drop(columns=['run_dir', 'runs_dir'], errors='ignore').to_csv(index=False))
     tables = {**paper_tables(table), **_seeds_table(table)}
+    tests = None
+    if 'seeds' in tables: tables['titles'], tests = titles_per_batch_tests(tables['seeds'])
     names = ', '.join(Path(d).name for d in [sweep_dir, *also])
     origin = f" ({int((table['record'] != '').sum())} of them from {', '.join(map(str, records))})" if records else ''
     parts = [f'# Report: {names}\n', f'{len(table)} runs; per-run rows in runs.csv{origin}.\n']
@@ -262,10 +339,11 @@ def write_report(sweep_dir, out_dir=None, also=(), records=()) -> dict:
         atomic_write_text(out_dir/f'{name}.csv', t.to_csv(index=False))
         atomic_write_text(out_dir/f'{name}.md', markdown_table(t))
         parts += [f'## {TITLES[name]}\n', markdown_table(t)]
+        if name == 'titles': parts.append(_tests_text(tests))
     figs = draw_figures(table, out_dir)
     if 'seeds' in tables: figs['seeds'] = plot_seeds_that_learn(table, path=out_dir/'seeds.png')
     for name, fig in figs.items():
         parts.append(f'![{name}]({name}.png)\n')
         plt.close(fig)
     atomic_write_text(out_dir/'report.md', '\n'.join(parts))
-    return dict(table=table, tables=tables, figures=sorted(figs))
+    return dict(table=table, tables=tables, figures=sorted(figs), tests=tests)

@@ -10,7 +10,7 @@ from avss.cpu_kernels import KERNEL_CASES, check_kernels, native_isa, onednn_fau
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(7200)
 def test_every_preset_convolution_matches_the_reference_on_the_cpus_own_instruction_set_and_on_avx2():
     rows = check_kernels(KERNEL_CASES, isas=(None, 'AVX2'), threads=(1, 2), progress=print)
     assert len(rows) == (2 if native_isa() == 'AVX2' else 4)      # an AVX2 CPU's own set is AVX2: checked once
