@@ -86,8 +86,7 @@ def _controller_runs(pid: int) -> bool:
 def job_state(record: dict) -> tuple[str, str]:
     "(state, what the scheduler says) of a recorded job: state is 'queued', 'running', 'ended' or 'unknown'."
     if record['executor'] == 'slurm':
-        submitit.SlurmJob.watcher.register_job(record['job_id'])
-        raw = submitit.SlurmJob.watcher.get_state(record['job_id'], mode='standard')
+        raw = submitit.SlurmJob.watcher.get_state(record['job_id'], mode='standard')   # read_jobs registered them all
         return slurm_state(raw), raw
     if record['executor'] == 'submitit-local':
         runs = _controller_runs(int(record['job_id']))
@@ -137,7 +136,10 @@ def point_state(point: dict, grid: dict, sweep_dir, record: dict | None = None) 
 def read_jobs(sweep_dir) -> dict:
     "{point: {executor, job_id, stdout, stderr, submitted}} of a sweep's submitted jobs ({} when none)."
     path = Path(sweep_dir)/'jobs.json'
-    return json.loads(path.read_text()) if path.exists() else {}
+    records = json.loads(path.read_text()) if path.exists() else {}
+    for r in records.values():      # all at once: submitit's watcher then asks sacct about every array in one call
+        if r['executor'] == 'slurm': submitit.SlurmJob.watcher.register_job(r['job_id'])
+    return records
 
 def _job_point(point: dict, grid: dict, sweep_dir: Path, res: Resources) -> dict:
     "The point a job runs: its parameters checked and made absolute, its genre-mix catalog drawn."

@@ -38,6 +38,15 @@ def _descendants(pid: int) -> list[int]:
     return children + [d for c in children for d in _descendants(c)]
 
 
+@pytest.fixture
+def left():
+    "The submissions of a test to the local executor: those still running when the test ends (it failed) are cancelled."
+    subs = []
+    yield subs
+    for s in subs:
+        if not s.job.done(): s.job.cancel()
+
+
 @pytest.fixture(scope='module')
 def whole(small_catalog, tmp_path_factory):
     "The uninterrupted one-process run, through the debug executor: the job's own code, in this process."
@@ -46,8 +55,9 @@ def whole(small_catalog, tmp_path_factory):
     return sub.path
 
 
-def test_a_preempted_job_checkpoints_is_requeued_and_ends_as_an_uninterrupted_run(small_catalog, whole, tmp_path, capsys):
+def test_a_preempted_job_checkpoints_is_requeued_and_ends_as_an_uninterrupted_run(small_catalog, whole, tmp_path, capsys, left):
     sub = submit_pretrain(_params(small_catalog, tmp_path/'runs', 'cut'), 'time=20', executor='submitit-local')
+    left.append(sub)
     assert f'submitted job {sub.job.job_id} (submitit-local: 1 node(s) x 1 task(s))' in capsys.readouterr().out
     deadline = time.time() + 600
     while len(_losses(sub.path)) < 2:
@@ -74,10 +84,11 @@ def test_a_preempted_job_checkpoints_is_requeued_and_ends_as_an_uninterrupted_ru
 
 
 def test_two_tasks_form_a_gloo_group_from_submitits_environment_and_log_the_one_process_losses(small_catalog, whole, tmp_path,
-                                                                                                monkeypatch):
+                                                                                                monkeypatch, left):
     monkeypatch.setenv('OMP_NUM_THREADS', '1')                # the job's two tasks share the cores
     sub = submit_pretrain(_params(small_catalog, tmp_path/'runs', 'two', num_workers=0), 'tasks_per_node=2,time=20',
                           executor='submitit-local')
+    left.append(sub)
     assert sub.job.results() == [str(sub.path)] * 2
     for i in range(2): assert re.search(rf'task {i} of 2 on .+ process group at ', sub.job.task(i).stdout())
     assert 'Dist(rank=0, world_size=2, device=cpu)' in sub.job.stdout()
@@ -92,13 +103,14 @@ def test_two_tasks_form_a_gloo_group_from_submitits_environment_and_log_the_one_
     assert min(abs(one[s + 1] - one[s]) for s in range(1, 6)) > 10 * 1e-4 * abs(one[1])
 
 
-def test_a_three_point_sweep_runs_as_an_array_and_its_status_names_each_point(small_catalog, tmp_path, capsys, monkeypatch):
+def test_a_three_point_sweep_runs_as_an_array_and_its_status_names_each_point(small_catalog, tmp_path, capsys, monkeypatch, left):
     monkeypatch.setenv('OMP_NUM_THREADS', '1')                # three jobs share the cores
     base = {k: v for k, v in _params(small_catalog, None, None, max_steps=3, num_workers=0).items() if k not in ('runs_dir', 'run_name')}
     grid = dict(name='arr', discrepancy=False, base=base, points=[dict(k=4), dict(k=2), dict(k=4, lr=1e30)])  # lr 1e30 diverges
     (tmp_path/'arr.yaml').write_text(yaml.safe_dump(grid))
     runs = tmp_path/'runs'
     subs = submit_sweep(tmp_path/'arr.yaml', runs, 'submitit-local', 'time=20')
+    left.extend(subs)
     assert [s.what for s in subs] == ['point k4', 'point k2', 'point k4_lr1e+30']
     records = json.loads((runs/'arr'/'jobs.json').read_text())
     assert [records[p]['job_id'] for p in ('k4', 'k2', 'k4_lr1e+30')] == [s.job.job_id for s in subs]
