@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['COMMANDS', 'MEASURE_COLUMNS', 'ParamsAction', 'add_param_options', 'spec_help', 'run_catalog', 'run_prepare',
-           'run_pretrain', 'run_finetune', 'run_discrepancy', 'run_measure', 'run_embed', 'run_export', 'build_parser',
-           'main']
+           'run_pretrain', 'run_finetune', 'add_executor_options', 'executor_of', 'run_discrepancy', 'run_measure',
+           'run_embed', 'run_export', 'build_parser', 'main']
 
 # %% ../nbs/16_cli.ipynb #c003
 import argparse
@@ -38,7 +38,7 @@ def spec_help(spec: dict, title: str = 'parameters') -> str:
 COMMANDS = {
     'catalog': 'probe media files and folders into a catalog CSV',
     'prepare': 'prepare the titles of a catalog once for fast training (5 fps video, log-mel audio)',
-    'pretrain': 'pretrain the encoders (parameters of nbs/pretrain.ipynb; also under torchrun)',
+    'pretrain': 'pretrain the encoders (parameters of nbs/pretrain.ipynb; also under torchrun, or as a Slurm job)',
     'finetune': 'fine-tune or linearly probe an encoder on UCF101, HMDB51 or ESC-50 (nbs/finetune.ipynb)',
     'measure': "discrepancy measures and held-out retrieval of runs, and the paper's figures (nbs/discrepancy.ipynb)",
     'sweep': 'run a grid of pretraining runs and their measurements (python -m avss.sweep)',
@@ -90,6 +90,7 @@ def _add_prepare(sub, detail: bool = False):
              '  avss prepare --media /films --meta meta.csv --out data/prepared\n'
              '  avss prepare --catalog c.csv --out data/prepared --shard 0 --num-shards 4   # ... 1, 2, 3\n'
              '  avss prepare --out data/prepared --merge\n'
+             '  avss prepare --catalog c.csv --out /shared/prepared --executor slurm --shards 16 --slurm cpus_per_task=16,time=8:00:00\n'
              '  avss prepare --out data/prepared --verify')
     src = p.add_mutually_exclusive_group()
     src.add_argument('--catalog', type=Path, help='catalog CSV of the source titles')
@@ -109,6 +110,8 @@ def _add_prepare(sub, detail: bool = False):
     p.add_argument('--merge', action='store_true', help='only join the prepared titles of every shard under --out')
     p.add_argument('--verify', action='store_true', help='only check the prepared titles of OUT/catalog.csv; exit 1 on a problem')
     p.add_argument('--no-progress', action='store_true')
+    p.add_argument('--shards', type=int, default=1, help='with --executor slurm: array tasks, each preparing 1/N of the titles; a last job merges')
+    add_executor_options(p, 'prepare')
     p.set_defaults(run=run_prepare)
 
 def _source_catalog(a):
@@ -135,6 +138,12 @@ def run_prepare(a) -> int:
         print(problems.to_string(index=False) if len(problems) else f'every prepared title under {a.out} reads')
         return 1 if len(problems) else 0
     a.out.mkdir(parents=True, exist_ok=True)
+    if executor_of(a) != 'local' and not a.merge:
+        from avss.slurm_arrays import submit_prepare
+        source = a.catalog or (_source_catalog(a), a.out/'source_catalog.csv')[1]
+        submit_prepare(source, a.out, a.shards, executor_of(a), a.slurm, short_side=a.short_side, frames=a.frames, fps=a.fps,
+                       crf=a.crf, preset=a.preset, retry_rejected=a.retry_rejected, progress=not a.no_progress)
+        return 0
     if a.merge: prepared, report = merge_prepared(a.out)
     else:
         prepared, report = prepare(_source_catalog(a), a.out, short_side=a.short_side, frames=a.frames, fps=a.fps,
@@ -150,7 +159,8 @@ def run_prepare(a) -> int:
 _EXAMPLES = {
     'pretrain': ['avss pretrain -p preset tiny -p k 16 -p run_name tiny-k16',
                  'avss pretrain -f params.yaml -p seed 1',
-                 'torchrun --nproc_per_node 8 $(which avss) pretrain -p data data/prepared/catalog.csv -p run_name k16'],
+                 'torchrun --nproc_per_node 8 $(which avss) pretrain -p data data/prepared/catalog.csv -p run_name k16',
+                 'avss pretrain -p data /shared/prepared/catalog.csv -p run_name k16 --slurm nodes=2,gpus_per_node=8,partition=learn,time=3-00:00:00'],
     'finetune': ['avss finetune -p dataset ucf101 -p root data/ucf101 -p checkpoint runs/k16 -p mode finetune',
                  'avss finetune -p dataset esc50 -p checkpoint runs/k16 -p mode linear -p split 1'],
     'measure': ["avss measure -p runs 'runs/k*' -p out_dir runs/discrepancy",
@@ -170,8 +180,14 @@ def _add_params_command(sub, name: str, run, detail: bool = False):
     p = _sub(sub, name, epilog=f'{examples}\n\n{more}')
     add_param_options(p)
     p.set_defaults(run=run)
+    return p
 
 def run_pretrain(a) -> int:
+    if executor_of(a) != 'local':
+        from avss.slurm import submit_pretrain
+        from avss.train import parse_cli
+        submit_pretrain(parse_cli(a.params or []), a.slurm, executor_of(a))
+        return 0
     from avss.train import main as train_main
     train_main(a.params or [])
     return 0
@@ -183,6 +199,22 @@ def run_finetune(a) -> int:
     splits = ', '.join(f"{s}: {v['top1']:.4f}" for s, v in r['splits'].items())
     print(f"{r['dataset']} {r['mode']}: top-1 {r['top1']:.4f} (splits {splits}); run directory {r['run_dir']}")
     return 0 if r['complete'] else 1
+
+# %% ../nbs/16_cli.ipynb #c013b
+def add_executor_options(p: argparse.ArgumentParser, what: str):
+    "--executor and --slurm: run here, or submit a job to Slurm through submitit (or submitit's local executor)."
+    p.add_argument('--executor', choices=('local', 'slurm', 'submitit-local'), default=None,
+                   help=f'local: {what} here (the default); slurm: submit a job; submitit-local: the same job on this machine')
+    p.add_argument('--slurm', metavar='RESOURCES', default=None,
+                   help="the job's resources: nodes=2,gpus_per_node=8,partition=P,time=3-00:00:00 (also tasks_per_node, cpus_per_task, "
+                        'mem, account, qos, constraint, signal_delay_s, max_timeouts, sbatch=--OPTION, setup=LINE); implies --executor slurm')
+
+def executor_of(a) -> str:
+    "Where a command runs: --executor, else slurm when --slurm is given, else here."
+    return a.executor or ('slurm' if a.slurm else 'local')
+
+def _add_pretrain(sub, detail: bool = False):
+    add_executor_options(_add_params_command(sub, 'pretrain', run_pretrain, detail), 'train')
 
 # %% ../nbs/16_cli.ipynb #c014
 MEASURE_COLUMNS = ['run', 'k', 'w', 'seed', 'source', 'kl_neg_pos', 'kl_other_pos', 'kl_neg_other', 'gap',
@@ -275,7 +307,7 @@ def run_export(a) -> int:
     return 0
 
 # %% ../nbs/16_cli.ipynb #c018
-_ADD = {'catalog': _add_catalog, 'prepare': _add_prepare, 'pretrain': None, 'finetune': None, 'measure': None,
+_ADD = {'catalog': _add_catalog, 'prepare': _add_prepare, 'pretrain': _add_pretrain, 'finetune': None, 'measure': None,
         'sweep': _add_sweep, 'embed': _add_embed, 'export': _add_export}
 _RUN = {'pretrain': run_pretrain, 'finetune': run_finetune, 'measure': run_measure}
 

@@ -29,7 +29,7 @@ from .core import atomic_write_json, default_runs_dir, repo_root
 from .rundir import STOP_SIGNALS, STOPPED_EXIT, exit_reason
 
 # %% ../nbs/14_sweep.ipynb #c005
-GRID_KEYS = {'name', 'base', 'grids', 'points', 'seeds', 'discrepancy', 'downstream', 'description'}
+GRID_KEYS = {'name', 'base', 'grids', 'points', 'seeds', 'discrepancy', 'downstream', 'description', 'slurm'}
 
 def load_grid(grid) -> dict:
     "A grid from a YAML file, a YAML string or a dict, checked; raises ValueError naming what is wrong."
@@ -65,7 +65,7 @@ def mix_label(mix: dict):
     return mix.get('name', mix.get('mix'))
 
 def expand(grid: dict) -> list[dict]:
-    "The points of a grid: [{'name', 'params' (pretraining parameters), 'genre_mix' or None}], in order, no repeats."
+    "The points of a grid: [{'name', 'params' (pretraining parameters), 'genre_mix' and 'slurm' or None}], in order, no repeats."
     varied_sets = []
     for g in grid['grids']:
         keys = list(g)
@@ -79,10 +79,11 @@ def expand(grid: dict) -> list[dict]:
         for seed in (grid['seeds'] or [None]):
             vs = dict(v, **({'seed': seed} if seed is not None else {}))
             mix = vs.pop('genre_mix', None)
+            slurm = vs.pop('slurm', None)               # the point's job resources (avss.slurm_arrays), not a parameter
             name = point_name({**vs, **({'mix': mix_label(mix)} if mix else {})})
             if name in seen: continue
             seen.add(name)
-            points.append({'name': name, 'params': {**grid['base'], **vs}, 'genre_mix': mix})
+            points.append({'name': name, 'params': {**grid['base'], **vs}, 'genre_mix': mix, 'slurm': slurm})
     return points
 
 # %% ../nbs/14_sweep.ipynb #c008s
@@ -300,16 +301,21 @@ def main(argv=None, prog: str = 'python -m avss.sweep'):
     ap.add_argument('--print', action='store_true', help='print torchrun/papermill commands instead of running')
     ap.add_argument('--gpus', type=int, default=8, help='with --print: GPUs per node')
     ap.add_argument('--nodes', type=int, default=1, help='with --print: nodes')
-    ap.add_argument('--status', action='store_true', help='show which stages of which points are done')
+    ap.add_argument('--status', action='store_true', help='list every point as done, running, queued or failed (with the failing line)')
+    ap.add_argument('--executor', choices=('local', 'slurm', 'submitit-local'), default=None,
+                    help='local: run here (the default); slurm: submit the points as a job array; submitit-local: the same jobs on this machine')
+    ap.add_argument('--slurm', metavar='RESOURCES', default=None,
+                    help="resources of each point's job over the grid's slurm: (nodes=1,gpus_per_node=8,partition=...,time=...); implies --executor slurm")
     a = ap.parse_args(argv)
     grid = load_grid(a.grid)
     if a.print:
         print('\n'.join(sweep_commands(grid, a.runs_dir, a.gpus, a.nodes))); return 0
-    if a.status:
-        sweep_dir = Path(a.runs_dir or default_runs_dir())/grid['name']
-        for point in expand(grid):
-            st = point_status(point, grid, sweep_dir)
-            print(f"{point['name']:<40} " + '  '.join(f"{k}: {'done' if v else '-'}" for k, v in st.items()))
+    if a.status or a.slurm or a.executor not in (None, 'local'):
+        from avss.slurm_arrays import print_status, submit_sweep     # here: they import submitit and the training code
+        if a.status: return print_status(grid, a.runs_dir)
+        try: submit_sweep(grid, a.runs_dir, a.executor or 'slurm', a.slurm, a.only)
+        except (ValueError, FileNotFoundError) as e:                  # a ParamError among them
+            print(f'{prog}: error: {e}', file=sys.stderr); return 2
         return 0
     try: return 1 if run_sweep(grid, a.runs_dir, a.parallel, a.only) else 0
     except SweepStopped as e:
