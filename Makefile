@@ -1,7 +1,8 @@
 # avss: two commands for a newcomer (see README.md). Both create and use .venv in this folder.
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV := .venv
+# Another Python gets an environment of its own: `make test PYTHON=python3.12` installs into and uses .venv-python3.12.
+VENV ?= $(if $(filter command line,$(origin PYTHON)),.venv-$(notdir $(PYTHON)),.venv)
 BIN := $(VENV)/bin
 QUICKSTART_ARGS ?=
 
