@@ -401,8 +401,6 @@ class MediaReader(Reader):
 
     @property
     def timestamps(self) -> np.ndarray: return self.video_reader.timestamps    # a source file's frame times
-    @property
-    def vr(self) -> 'decord.VideoReader': return self.video_reader.vr          # decord's reader, for checks
 
     def close(self):
         self.video_reader.close()
