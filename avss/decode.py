@@ -212,7 +212,6 @@ class PyAVReader(Reader):
             self.close()
             raise DecodeError(f'{self.path}: cannot index the video ({e})') from None
         self.timestamps = decord_times(self.pts, s)
-        self.row = {int(p): i for i, p in enumerate(self.pts) if np.isfinite(p)}     # pts -> frame index
         self.scaler = DecordScaler(*self.size)
         self.seekable = usable_times(self.timestamps) and self.in_order()
 
@@ -231,6 +230,11 @@ class PyAVReader(Reader):
         if len(got) < len(want): got.update(dict.fromkeys(set(want) - set(got), self.scaler(last)))  # past the end
         return np.stack([got[i] for i in idx])
 
+    def row(self, pts) -> int | None:
+        "The frame index of a decoded frame's `pts`; None where the index has no such frame."
+        j = int(np.searchsorted(self.pts, pts)) if pts is not None else len(self.pts)
+        return j if j < len(self.pts) and self.pts[j] == pts else None
+
     def close(self): self.container.close()
 
 # %% ../nbs/03_decode.ipynb #c055
@@ -239,7 +243,7 @@ def _decode(self: PyAVReader, key_pts, want: list[int]) -> tuple[dict, int | Non
     self.container.seek(int(key_pts), stream=self.stream, backward=True)
     got, todo, first, last = {}, list(want), None, None
     for f in self.container.decode(self.stream):
-        j = self.row.get(f.pts)
+        j = self.row(f.pts)
         if j is None: continue                                # not a frame of the index
         first, last = j if first is None else first, f
         if todo[0] <= j:
@@ -255,7 +259,7 @@ def _in_order(self: PyAVReader, frames: int = 8) -> bool:
     try:
         self.container.seek(int(self.pts[self.key_indices[0] if len(self.key_indices) else 0]), stream=self.stream, backward=True)
         for f in self.container.decode(self.stream):
-            rows.append(self.row.get(f.pts))
+            rows.append(self.row(f.pts))
             if len(rows) == frames: break
     except (av.error.FFmpegError, ValueError): return False
     return bool(rows) and rows[0] is not None and rows == list(range(rows[0], rows[0] + len(rows)))
