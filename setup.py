@@ -1,4 +1,5 @@
 """Packaging for avss. Everything is read from settings.ini (nbdev's single source of metadata)."""
+import shlex
 from configparser import ConfigParser
 from pathlib import Path
 
@@ -21,8 +22,8 @@ setuptools.setup(
     python_requires='>=' + cfg['min_python'],
     packages=setuptools.find_packages(include=['avss', 'avss.*']),
     include_package_data=True,
-    install_requires=cfg.get('requirements', '').split(),
-    extras_require={'dev': cfg.get('dev_requirements', '').split()},
+    install_requires=shlex.split(cfg.get('requirements', '')),          # quoted where an environment marker has spaces
+    extras_require={'dev': shlex.split(cfg.get('dev_requirements', ''))},
     entry_points={'console_scripts': cfg.get('console_scripts', '').split()},
     zip_safe=False,
 )

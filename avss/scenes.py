@@ -7,13 +7,16 @@ __all__ = ['SCENES_FILE', 'colour_histograms', 'detect_scenes', 'title_scenes']
 
 # %% ../nbs/04a_scenes.ipynb #c003
 import json
+from itertools import islice
 from pathlib import Path
 
+import av
 import numpy as np
-from decord import VideoReader, cpu
 from tqdm.auto import tqdm
 
+from .catalog import open_media
 from .core import atomic_write_json
+from .decode import DecordScaler, PyAVReader, decord, usable_times
 
 # %% ../nbs/04a_scenes.ipynb #c005
 def colour_histograms(frames: np.ndarray, bins: int = 16) -> np.ndarray:
@@ -24,18 +27,41 @@ def colour_histograms(frames: np.ndarray, bins: int = 16) -> np.ndarray:
     h = np.bincount(q.ravel(), minlength=T * 3 * bins).reshape(T, 3 * bins)
     return h / (3 * q.shape[1])
 
+# %% ../nbs/04a_scenes.ipynb #c023
+def _decord_frames(path: Path, size: tuple[int, int] | None, chunk: int):
+    "(frame count, average fps, frame times, chunks uint8 [<= chunk, h, w, 3]) of the video at `path`, with decord."
+    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), **(dict(width=size[0], height=size[1]) if size else {}))
+    n = len(vr)
+    chunks = (vr.get_batch(list(range(a, min(a + chunk, n)))).asnumpy() for a in range(0, n, chunk))
+    return n, vr.get_avg_fps(), vr.get_frame_timestamp(range(n))[:, 0].astype(np.float64), chunks
+
+def _pyav_frames(path: Path, size: tuple[int, int] | None, chunk: int):
+    "The same with PyAV: decord's frame times (`PyAVReader`'s index) and pixels (`DecordScaler`)."
+    with PyAVReader(path) as r:
+        n, avg_fps, ts = len(r.timestamps), r.avg_fps, (r.timestamps if r.seekable else np.full(len(r.timestamps), np.nan))
+        scale = DecordScaler(*(size or r.native))
+    frames = _in_order(path, scale, n)
+    return n, avg_fps, ts, (np.stack(list(islice(frames, chunk))) for _ in range(0, n, chunk))
+
+def _in_order(path: Path, scale: DecordScaler, n: int):
+    "`n` frames of `path`, decoded in order and scaled; past the last frame that decodes, the last one repeats."
+    k, x = 0, None
+    with open_media(path) as c:
+        try:
+            for f in c.decode(c.streams.video[0]):
+                if k == n: break
+                x, k = scale(f), k + 1
+                yield x
+        except av.error.FFmpegError as e: raise ValueError(f'detect_scenes: cannot decode video {path}: {e}') from None
+    if x is None: raise ValueError(f'detect_scenes: no frame of {path} decodes')
+    for _ in range(n - k): yield x
+
 # %% ../nbs/04a_scenes.ipynb #c007
 def _frame_indices(n_frames: int, native_fps: float, fps: float | None) -> np.ndarray:
     "All frames, or the frames nearest to a grid of `fps` per second."
     if fps is None or fps >= native_fps: return np.arange(n_frames)
     idx = np.round(np.arange(0, n_frames / native_fps, 1 / fps) * native_fps).astype(np.int64)
     return np.unique(idx[idx < n_frames])
-
-def _frame_times(vr, idx) -> np.ndarray:
-    "Presentation times of frames `idx`; from the frame rate where the container's timestamps are unusable (e.g. AVI)."
-    t = vr.get_frame_timestamp(idx)[:, 0].astype(np.float64)
-    if np.isfinite(t).all() and (t >= -1e-3).all() and (np.diff(t) > 0).all(): return t
-    return idx / vr.get_avg_fps()
 
 def detect_scenes(video_path, threshold: float = 0.2, bins: int = 16, fps: float | None = None,
                   size: tuple[int, int] | None = (128, 72), min_scene_s: float = 0.0, chunk: int = 256,
@@ -46,18 +72,14 @@ def detect_scenes(video_path, threshold: float = 0.2, bins: int = 16, fps: float
     if not 0 < threshold < 1: raise ValueError(f'detect_scenes: threshold must be in (0, 1), got {threshold}')
     if not (isinstance(bins, int) and 2 <= bins <= 256): raise ValueError(f'detect_scenes: bins must be an integer in [2, 256], got {bins!r}')
     if fps is not None and fps <= 0: raise ValueError(f'detect_scenes: fps must be > 0 or None, got {fps}')
-    try:
-        vr = VideoReader(str(path), ctx=cpu(0), **(dict(width=size[0], height=size[1]) if size else {}))
+    try: n, avg_fps, ts, chunks = (_decord_frames if decord is not None else _pyav_frames)(path, size, chunk)
     except Exception as e: raise ValueError(f'detect_scenes: cannot decode video {path}: {e}') from e
-    idx = _frame_indices(len(vr), vr.get_avg_fps(), fps)
+    idx = _frame_indices(n, avg_fps, fps)
     if len(idx) < 2: return []
-    times = _frame_times(vr, idx)
+    times = ts[idx] if usable_times(ts) else idx / avg_fps      # from the frame rate where timestamps are unusable (AVI)
     hists = []
-    for a in tqdm(range(0, len(vr), chunk), desc=f'scenes {path.name}', disable=not progress):
-        # decode every frame in order, chunk after chunk, and keep the selected ones: decord's seeking is
-        # unreliable in some containers (AVI), its sequential reading is not
-        frames = vr.get_batch(list(range(a, min(a + chunk, len(vr))))).asnumpy()
-        sel = idx[(idx >= a) & (idx < a + chunk)]
+    for a, frames in zip(tqdm(range(0, n, chunk), desc=f'scenes {path.name}', disable=not progress), chunks):
+        sel = idx[(idx >= a) & (idx < a + chunk)]                 # every frame decoded in order; the selected kept
         if len(sel): hists.append(colour_histograms(frames[sel - a], bins))
     h = np.concatenate(hists)
     d = 0.5 * np.abs(np.diff(h, axis=0)).sum(1)

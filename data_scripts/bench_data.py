@@ -5,7 +5,8 @@ seconds (`--source texture`, the default: fine noise at three scales, a worst ca
 bits per pixel of filmed content) or the real clips of a media folder played one after another and stretched to
 720p (`--source real`, default folder ../shared/media). Then it times one process on one thread (decord
 `num_threads=1`, `torch.set_num_threads(1)`) reading random snippets through `SnippetDataset`, exactly as a
-data-loader worker does: directly from the source, then from the prepared title (with decord, and with the
+data-loader worker does: directly from the source (with the installation's source-file reader, decord's where it
+is installed, and with PyAV's `PyAVReader`), then from the prepared title (with that reader, and with the
 one-seek PyAV path `SnippetDataset` uses for prepared titles). Each rate is given per second of wall-clock time
 and per second of the process's CPU time; on a busy machine the second is the fairer "per core" figure.
 Prints, asserts nothing.
@@ -107,6 +108,7 @@ def main(argv=None):
     ap.add_argument('--work-dir', type=Path, default=None, help='keep the files here (default: a temporary folder)')
     args = ap.parse_args(argv)
 
+    from avss import decode
     from avss.catalog import Catalog
     from avss.datasets import SnippetDataset
     from avss.prepare import prepare
@@ -129,10 +131,15 @@ def main(argv=None):
             print(f'  {src.stat().st_size / 2**20:.1f} MiB in {time.perf_counter() - t:.0f} s')
         cat = Catalog.from_media([src], progress=False)
 
-        direct = SnippetDataset(cat, SnippetGrid(cat), train=True, short_side=args.short_side, crop=args.crop)
-        direct_rate = time_reads(direct, args.direct)
-        direct.close()                                   # an open decord reader keeps threads busy
-        print(f'direct from the source:   {rates(direct_rate)} ({args.direct} random snippets)', flush=True)
+        installed = decode.SOURCE_READER                 # decord's reader where decord is installed, else PyAV's
+        for reader in dict.fromkeys([installed, decode.PyAVReader]):
+            decode.SOURCE_READER = reader                # the source-file reader open_video uses
+            direct = SnippetDataset(cat, SnippetGrid(cat), train=True, short_side=args.short_side, crop=args.crop)
+            rate = time_reads(direct, args.direct)
+            direct.close()                               # an open decord reader keeps threads busy
+            print(f'{"direct from the source, " + reader.__name__ + ":":38s} {rates(rate)} ({args.direct} random snippets)', flush=True)
+            if reader is installed: direct_rate = rate
+        decode.SOURCE_READER = installed
 
         t = time.perf_counter()
         out = work/f'prepared-{args.source}-crf{args.crf}'
@@ -145,11 +152,11 @@ def main(argv=None):
               f'{args.prepare_threads} thread(s)), {size / 2**20:.1f} MiB', flush=True)
 
         grid = SnippetGrid(prepared)
-        for fast, label in ((False, 'after preparation, decord:'), (True, 'after preparation:        ')):
+        for fast, label in ((False, f'after preparation, {installed.__name__}:'), (True, 'after preparation, one seek:')):
             ready = SnippetDataset(prepared, grid, train=True, short_side=args.short_side, crop=args.crop, fast_prepared=fast)
             ready_rate = time_reads(ready, args.prepared)
             ready.close()
-            print(f'{label} {rates(ready_rate)} ({args.prepared} random snippets)', flush=True)
+            print(f'{label:38s} {rates(ready_rate)} ({args.prepared} random snippets)', flush=True)
         print(f'speed-up: {ready_rate[0] / direct_rate[0]:.0f}x')
     finally:
         if args.work_dir is None: shutil.rmtree(work, ignore_errors=True)

@@ -12,8 +12,8 @@
 # It prints a table as it goes and rewrites the section "GPU check of issue 19" of docs/benchmarks.md after each
 # row; with $OUT set, the log and that file are copied there.
 #
-# A bare GPU machine may have torch, torchvision, torchaudio, pandas and tqdm but not PyAV or decord, which the data path
-# needs. Fetch their wheels beside the repository first (.whl/ is ignored by git) and carry `.whl` with the run:
+# A bare GPU machine may have torch, torchvision, torchaudio, pandas and tqdm but not PyAV, which the data path needs
+# (decord too where it has wheels, x86_64; elsewhere avss reads with PyAV alone). Fetch their wheels beside the repository first (.whl/ is ignored by git) and carry `.whl` with the run:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     --platform manylinux2010_x86_64 -d .whl av==18.1.0 decord==0.6.0
@@ -27,7 +27,8 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     && export PYTHONPATH="/tmp/site:$PYTHONPATH"
 fi
 pipeline=--pipeline
-python3 -c 'import av, decord' 2>/dev/null || { echo 'PyAV or decord is missing: the data-path rows are skipped'; pipeline=--no-pipeline; }
+python3 -c 'import av' 2>/dev/null || { echo 'PyAV is missing: the data-path rows are skipped'; pipeline=--no-pipeline; }
+python3 -c 'import avss.decode as d; print("source files read by", d.SOURCE_READER.__name__)'
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 workers=$(( $(nproc) > 1 ? $(nproc) - 1 : 1 ))
 timeout $(( ${BUDGET_S:-420} + 60 )) python3 -m avss.bench --gpu-check --budget-s "${BUDGET_S:-420}" --workers "$workers" \

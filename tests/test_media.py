@@ -6,12 +6,11 @@ the whole audio track in one go (resampled once with torchaudio).
 import shutil
 from pathlib import Path
 
-import decord
 import numpy as np
 import pytest
 
 from avss.catalog import Catalog, ProbeError, open_media, probe
-from avss.decode import (AudioReader, DecodeError, DecordReader, MediaReader, PreparedReader, SequentialReader,
+from avss.decode import (SOURCE_READER, AudioReader, DecodeError, MediaReader, PreparedReader, SequentialReader,
                          frame_indices, open_video, read_snippet, read_track)
 
 MEDIA = Path(__file__).resolve().parent.parent.parent/'shared'/'media'
@@ -71,7 +70,7 @@ def test_frame_timing(name):
     rng = np.random.default_rng(0)
     with MediaReader(MEDIA/name) as r:
         if isinstance(r.video_reader, SequentialReader):  # AVI with packed B-frames: no usable timestamps, frames in order
-            ts = np.arange(len(frames)) / float(decord.VideoReader(str(MEDIA/name)).get_avg_fps())
+            ts = np.arange(len(frames)) / probe(MEDIA/name)['fps']
         for start in rng.uniform(0, ts[-1] + 0.5, 6):
             video = r.video(start, 16, 5)
             assert video.shape == (16, *frames.shape[1:]) and video.dtype == np.uint8
@@ -88,10 +87,11 @@ SEQUENTIAL = ['torchvision/RATRACE_wave_f_nm_np1_fr_goo_37.avi', 'torchvision/Sc
 
 @pytest.mark.parametrize('name', WITH_AUDIO + NO_AUDIO)
 def test_one_path_per_file(name):
-    "The video path is chosen when the file opens: decord where it can seek, in order where it cannot; read as a"
-    "prepared title (none of these is one: not 5 fps), a file is handed over to that same path."
+    "The video path is chosen when the file opens: the source reader (decord, or PyAV without it) where it can "
+    "seek, in order where it cannot; read as a prepared title (none of these is one: not 5 fps), a file is "
+    "handed over to that same path."
     with open_video(MEDIA/name) as r, open_video(MEDIA/name, prepared=True) as p:
-        assert type(r) is (SequentialReader if name in SEQUENTIAL else DecordReader)
+        assert type(r) is (SequentialReader if name in SEQUENTIAL else SOURCE_READER)
         assert type(p.reader) is PreparedReader and not p.handed_over
         assert np.array_equal(p.video(1.0, 16, 5), r.video(1.0, 16, 5))
         assert p.handed_over and type(p.reader) is type(r)

@@ -69,10 +69,11 @@ def test_prepared_video(prepared, real):
     _, cat, _ = prepared
     for row in cat.df.itertuples():
         src = real.df.set_index('title_id').loc[row.title_id, 'path']
-        with MediaReader(row.path) as r:
-            assert r.vr.get_avg_fps() == 5.0 and min(r.vr[0].shape[:2]) == 190
-            assert list(r.vr.get_key_indices()) == list(range(0, len(r.vr), 16))
-            assert len(r.vr) == int(np.floor(row.duration_s * 5 + 1e-6))
+        with MediaReader(row.path) as r:                    # read as a source file (decord or PyAV)
+            v = r.video_reader
+            assert v.avg_fps == 5.0 and min(r.video(0.0, 1, 5).shape[1:3]) == 190
+            assert v.key_indices.tolist() == list(range(0, len(v.timestamps), 16))
+            assert len(v.timestamps) == int(np.floor(row.duration_s * 5 + 1e-6))
             for m in range(SnippetGrid(cat).count(row.Index)):
                 ours = r.video(m * 3.2, 16, 5).astype(np.float32)
                 theirs, _ = read_snippet(src, m * 3.2)      # at the source's size, scaled as the prepared video is
@@ -120,7 +121,7 @@ def test_interrupted_title_is_redone(tmp_path):
     (d/'video.mp4').write_bytes(b'half')
     again, _ = prepare(cat, tmp_path/'out', short_side=64, workers=1, progress=False)
     assert (d/'done.json').is_file() and len(again) == 1
-    with MediaReader(again.paths[0]) as r: assert len(r.vr) == 20
+    with MediaReader(again.paths[0]) as r: assert len(r.timestamps) == 20
     other, _ = prepare(cat, tmp_path/'out', short_side=32, workers=1, progress=False)   # new settings: redone
     with MediaReader(other.paths[0]) as r: assert r.video(0.0, 2, 5).shape == (2, 32, 48, 3)
 

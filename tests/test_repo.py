@@ -2,6 +2,7 @@
 import configparser
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -18,14 +19,22 @@ def _settings():
     return cfg['DEFAULT']
 
 
-def _pins():
+def _pins() -> dict:
+    "{name: (pinned version, environment marker or None)} from requirements.txt."
     pins = {}
     for line in (ROOT/'requirements.txt').read_text().splitlines():
         line = line.split('#')[0].strip()
         if line:
-            name, version = line.split('==')
-            pins[name.lower()] = version
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == '==', f'requirements.txt: {line} is not an exact pin'
+            pins[req.name.lower()] = spec.version, req.marker
     return pins
+
+
+def _requirements(field: str) -> list:
+    "A settings.ini requirements field as setup.py reads it: split as a shell would, so a marker can be quoted."
+    return [Requirement(spec) for spec in shlex.split(_settings()[field])]
 
 
 def test_settings_keep_papermill_tags_and_declare_test_flags():
@@ -35,12 +44,38 @@ def test_settings_keep_papermill_tags_and_declare_test_flags():
 
 
 def test_every_declared_requirement_is_pinned_within_its_range():
-    cfg, pins = _settings(), _pins()
-    for spec in cfg['requirements'].split() + cfg['dev_requirements'].split():
-        req = Requirement(spec)
+    pins = _pins()
+    for req in _requirements('requirements') + _requirements('dev_requirements'):
         assert req.name.lower() in pins, f'{req.name} is declared in settings.ini but not pinned in requirements.txt'
-        assert req.specifier.contains(pins[req.name.lower()]), \
-            f'requirements.txt pins {req.name}=={pins[req.name.lower()]}, outside settings.ini range {req.specifier}'
+        version, marker = pins[req.name.lower()]
+        assert req.specifier.contains(version), \
+            f'requirements.txt pins {req.name}=={version}, outside settings.ini range {req.specifier}'
+        assert str(req.marker) == str(marker), f'{req.name}: installed where "{marker}" (requirements.txt), ' \
+                                               f'declared where "{req.marker}" (settings.ini)'
+
+
+def test_decord_only_where_it_has_wheels():
+    "decord 0.6.0's wheels: Linux x86_64, Windows AMD64, and macOS x86_64 for Python 3.6-3.8 only; PyAV elsewhere."
+    (decord,) = [r for r in _requirements('requirements') if r.name == 'decord']
+    wheels = {('linux', 'x86_64'): True, ('win32', 'AMD64'): True, ('linux', 'aarch64'): False,
+              ('darwin', 'arm64'): False, ('darwin', 'x86_64'): False}
+    for (platform, machine), has in wheels.items():
+        assert decord.marker.evaluate({'sys_platform': platform, 'platform_machine': machine}) == has, (platform, machine)
+
+
+def test_setup_py_declares_the_settings_requirements(tmp_path):
+    "What setuptools makes of setup.py: settings.ini's requirements, each with its marker."
+    r = subprocess.run([sys.executable, 'setup.py', '-q', 'egg_info', '--egg-base', str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    declared, section = {'': []}, ''
+    for line in (tmp_path/'avss.egg-info'/'requires.txt').read_text().splitlines():
+        if line.startswith('['): section = line[1:-1]; declared.setdefault(section, [])   # [extra], [:marker]
+        elif line: declared[section].append(line)
+    runtime = [str(Requirement(f'{spec}; {section[1:]}' if section.startswith(':') else spec))
+               for section, specs in declared.items() if section == '' or section.startswith(':') for spec in specs]
+    assert sorted(runtime) == sorted(map(str, _requirements('requirements')))
+    assert sorted(declared['dev']) == sorted(str(r) for r in _requirements('dev_requirements'))
 
 
 def test_environment_yml_installs_the_pins():

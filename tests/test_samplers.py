@@ -452,10 +452,10 @@ def test_detect_scenes_errors(tmp_path):
     ('torchvision/v_SoccerJuggling_g23_c01.avi', []),
     ('torchvision/WUzgd7C1pWA.mp4', [])])
 def test_detect_scenes_on_real_clips(tmp_path, clip, cut_frames):
-    from decord import VideoReader
+    from avss.catalog import probe
     src = tmp_path / Path(clip).name
     src.write_bytes((MEDIA / clip).read_bytes())
-    fps = VideoReader(str(src)).get_avg_fps()
+    fps = probe(src)['fps']
     cuts = detect_scenes(src)
     assert len(cuts) == len(cut_frames), cuts
     assert np.abs(np.asarray(cuts) - np.asarray(cut_frames) / fps).max(initial=0) <= 1 / fps + 1e-6, cuts
