@@ -124,3 +124,17 @@ def test_unclean_notebook_fails_with_advice(tmp_path):
     nb_path.write_text(json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + '\n')
     r = _check(tmp_path)
     assert r.returncode == 1 and 'nbdev_clean' in r.stderr and 'nbs/00_core.ipynb' in r.stderr
+
+
+def test_readme_lists_every_parameter_of_every_run_config():
+    "The README's parameter tables are what the config classes declare (python -m avss.config README.md rewrites them)."
+    from avss.config import RUN_CONFIGS, config_class, parameters_markdown, readme_parameters
+    readme = (ROOT/'README.md').read_text()
+    for where in RUN_CONFIGS.values():
+        cls = config_class(where)
+        table = readme_parameters(readme, cls)
+        assert table is not None, f'README.md has no parameter table of {cls.__name__}'
+        listed = [row.split('`')[1] for row in table.splitlines()[2:]]
+        missing = [name for name in cls.spec() if name not in listed]
+        assert not missing, f'README.md lacks {cls.__name__} parameters {missing}: run python -m avss.config README.md'
+        assert table == parameters_markdown(cls), f'README.md: the {cls.__name__} table is stale: run python -m avss.config README.md'
