@@ -378,12 +378,12 @@ def _measure(a, gpu) -> list[dict]:
 def _peak_rss_gib() -> float: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB on Linux
 
 def bench_chunked(preset='tiny', batch=32, chunk=None, steps=3, warmup=1, device='cpu', precision='fp32',
-                  channels_last=False, conv=None, crop=None, cudnn_benchmark=True, threads=None) -> dict:
+                  channels_last=False, conv=None, crop=None, cudnn_benchmark=True, threads=None, compile=False) -> dict:
     "Training steps of random inputs, the batch in one pass (chunk None) or in chunks: ms per clip (median step), peak memory."
     if threads: torch.set_num_threads(threads)
     dev, start = torch.device(device), _peak_rss_gib()
     pre = get_preset(preset) if crop is None else replace(get_preset(preset), crop=crop)
-    model, opt, fwd = _model(pre, conv, channels_last, False, dev)
+    model, opt, fwd = _model(pre, conv, channels_last, compile, dev)
     if dev.type == 'cuda': torch.backends.cudnn.benchmark = cudnn_benchmark
     v, a = _inputs(torch.randn(pre.video_shape(batch), device=dev), torch.randn(pre.audio_shape(batch), device=dev),
                    channels_last)
@@ -402,7 +402,7 @@ def bench_chunked(preset='tiny', batch=32, chunk=None, steps=3, warmup=1, device
         wall.append(time.perf_counter() - t); cpu.append(time.process_time() - c)
     s = statistics.median(wall)
     return dict(preset=pre.name, conv=pre.conv, crop=pre.crop, batch=batch, chunk=chunk, precision=precision,
-                channels_last=channels_last, cudnn_benchmark=cudnn_benchmark, threads=torch.get_num_threads(),
+                channels_last=channels_last, cudnn_benchmark=cudnn_benchmark, threads=torch.get_num_threads(), compile=compile,
                 ms_per_clip=1000 * s / batch, cpu_ms_per_clip=1000 * statistics.median(cpu) / batch,
                 clips_per_s=batch / s, start_gib=start,
                 peak_gib=_peak_gib(dev) if dev.type == 'cuda' else _peak_rss_gib())
@@ -538,7 +538,7 @@ def gpu_check_chunked(device='cuda', budget_s=540.0, doc='docs/benchmarks.md', w
     S = dict(preset='tiny', batch=16, steady=(4, 8), crop=32, steps=1, warmup=1, grad_batch=4, grad_crop=32, titles=13,
              minutes=0.5, e2e_batch=8, e2e_steps=20) if dry_run else dict(
              preset='paper', batch=512, steady=(64, 128, 256), crop=None, steps=20, warmup=5, grad_batch=16, grad_crop=112,
-             titles=64, minutes=2.0, e2e_batch=128, e2e_steps=100)
+             titles=64, minutes=2.0, e2e_batch=128, e2e_steps=60)
     precision, cl = ('fp32', False) if dev.type == 'cpu' else ('bf16', True)
     workers = workers or max(1, (os.cpu_count() or 2) - 1)
     corpus = _corpus_process(tempfile.mkdtemp(prefix='avss-e2e-corpus-'), get_preset(S['preset']).short_side, S['titles'],
@@ -574,8 +574,11 @@ def _run_parts(S, dev, precision, cl, workers, corpus, sections, part, left, rep
     def auto_chunk(batch):
         cfg = T.PretrainConfig.resolve(dict(preset=S['preset'], batch_size=batch, k=1, chunk='auto', crop=S['crop'],
                                             short_side=S['crop'] and S['crop'] + 6, device=str(dev)))
-        d = T.Dist(device=dev)
-        chunk = T.resolve_chunk(cfg, d, free=64.0 if dry_run else None)   # dry run: as if the device had 64 GiB
+        d, free = T.Dist(device=dev), None
+        if dry_run:                     # as if the device held about half the batch: the step in chunks runs
+            need, fixed, _ = T.memory_needed(cfg.replace(chunk=None), d)
+            free = (need + fixed) / 2
+        chunk = T.resolve_chunk(cfg, d, free)
         return chunk, T.memory_needed(cfg.replace(chunk=chunk), d)[0]
     def grads():
         for conv in ('3d', '2d'):
@@ -601,14 +604,19 @@ def _run_parts(S, dev, precision, cl, workers, corpus, sections, part, left, rep
                                f"{S['titles']} titles of {S['minutes']} min): {r['batches_per_epoch']} batches an epoch, "
                                f"{r['steps']} steps over {r['epochs']} epochs, {r['clips_per_s']:.1f} clips/s, "
                                f"data wait {r['data_wait']:.1%} (medians of the lines after the first)")
+    def compiled():        # in its own process: a compiler that crashes takes only that process down
+        chunk, need = auto_chunk(S['batch'])
+        r = bench_chunked_fresh(preset=S['preset'], batch=S['batch'], chunk=chunk, steps=3, warmup=2, device=str(dev),
+                                precision=precision, channels_last=cl, crop=S['crop'], compile=not dry_run, timeout=limit(130))
+        sections['steps'].append(_step_line('torch.compile, in chunks' if not dry_run else 'in chunks (dry run: eager)', r, need))
     def autotune():
         r = _autotune_run(S['preset'], S['steady'][1], dev, timeout=limit(10), dry_run=dry_run)
         sections['autotune'].append(f"- max-autotune, batch {S['steady'][1]}: " + (
             'did not finish compiling within its budget' if r is None else
             f"{r['clips_per_s']:.1f} clips/s after {r['warmup_s']:.0f} s of warm-up (compiling)"))
     for name, fn, cost in (('bf16 gradients', grads, 20), (f"batch {S['batch']}, chunk auto", batch_512, 40),
-                           ('cudnn.benchmark', cudnn, 40), ('steady state', steady, 60), ('end to end', e2e, 150),
-                           ('max-autotune', autotune, 120)):
+                           ('cudnn.benchmark', cudnn, 40), ('steady state', steady, 60), ('end to end', e2e, 120),
+                           ('torch.compile in chunks', compiled, 150), ('max-autotune', autotune, 120)):
         part(name, fn, cost)
     if corpus is not None and corpus.poll() is None: corpus.kill()
     return report()

@@ -410,7 +410,7 @@ def train_step(model, optimizer, batch, cfg: PretrainConfig, d: Dist) -> tuple[t
         loss = eq1(z_v, z_a)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-    else:                                               # in chunks, the same gradient (avss.chunked)
+    else:                                               # in chunks: Eq. 1 over the whole batch (avss.chunked)
         optimizer.zero_grad(set_to_none=True)
         loss, z_v, z_a = chunked_backward(model, video, audio, cfg.chunk, eq1, partial(autocast, d.device, cfg.precision))
     gv, ga = _modality_grads(model)

@@ -4,7 +4,8 @@
 #   CHECK=chunk-gpu-check: issue 27's, about 9 minutes: the bf16 gradient check (cosine similarity to float32 per
 #     parameter tensor), the paper preset at batch 512 with chunk auto (peak GPU memory, clips/s), cudnn.benchmark
 #     off and on, steady state at batch 64, 128 and 256, a pretraining run end to end on a corpus of many batches an
-#     epoch (made while the GPU measures), then max-autotune under what is left of the budget (its own process);
+#     epoch (made while the GPU measures), batch 512 in chunks under torch.compile, then max-autotune under what is
+#     left of the budget (each compiled run in its own process);
 #     it rewrites the section "GPU check of issue 27" of docs/benchmarks.md. `--dry-run` runs it at tiny sizes
 #     (python -m avss.bench --chunk-gpu-check --dry-run --device cpu works without a GPU).
 #
