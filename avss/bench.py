@@ -4,23 +4,30 @@
 
 # %% auto #0
 __all__ = ['PEAK_BF16_TFLOPS', 'COMPILE_MODES', 'CONFIGS', 'TABLE_HEAD', 'peak_tflops', 'train_flops_per_clip', 'bench_model',
-           'bench_conv_forms', 'bench_corpus', 'bench_loader', 'bench_end_to_end', 'write_section', 'gpu_check', 'main']
+           'bench_conv_forms', 'bench_corpus', 'bench_loader', 'bench_end_to_end', 'write_section', 'gpu_check', 'main',
+           'bench_chunked', 'bench_chunked_fresh', 'bench_chunks', 'chunks_table', 'bf16_grad_agreement',
+           'gpu_check_chunked']
 
 # %% ../nbs/13_bench.ipynb #c002
 import argparse
+import json
 import os
+import resource
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from . import train as T
 from .catalog import Catalog
+from .chunked import chunked_backward, unchunked_backward
 from .core import atomic_write_json, autocast
 from .losses import nce_loss
 from .models import AVModel, conv_form_errors, forward_flops, get_preset
@@ -296,15 +303,21 @@ def main(argv=None):
     ap.add_argument('--peak-tflops', type=float, default=None, help="the GPU's dense bf16 peak (default: by its name)")
     ap.add_argument('--budget-s', type=float, default=None, help='skip what would start after this many seconds')
     ap.add_argument('--gpu-check', action='store_true', help="issue 19's short GPU check (scripts/gpu_check.sh)")
+    ap.add_argument('--chunked', action='store_true', help='each batch in chunks of --chunk and in one pass, each in a fresh process')
+    ap.add_argument('--chunk', type=int, default=32, help='clips per forward pass of --chunked')
+    ap.add_argument('--chunk-gpu-check', action='store_true', help="issue 27's GPU check (CHECK=chunk-gpu-check scripts/gpu_check.sh)")
+    ap.add_argument('--dry-run', action='store_true', help='--chunk-gpu-check at tiny sizes, to try it on a CPU')
     ap.add_argument('--doc', default='docs/benchmarks.md', help="markdown file whose section this run rewrites ('': none)")
     ap.add_argument('--out', default=None, help='write the results as JSON here')
     a = ap.parse_args(argv)
     a.command = ' '.join(['python -m avss.bench'] + (sys.argv[1:] if argv is None else list(argv)))
     gpu = torch.device(a.device).type == 'cuda'
     if a.gpu_check and not gpu: ap.error('--gpu-check needs a CUDA GPU')
+    if a.chunk_gpu_check and not (gpu or a.dry_run): ap.error('--chunk-gpu-check needs a CUDA GPU (or --dry-run)')
     if a.threads: torch.set_num_threads(a.threads)
     print(f'torch {torch.__version__}, device {a.device} ({_machine(a.device)})', flush=True)
-    if a.gpu_check:
+    if a.chunked or a.chunk_gpu_check: results = _chunks_main(a)
+    elif a.gpu_check:
         results = gpu_check((a.presets or ['paper'])[0], (a.batch or [128])[0], a.device, a.budget_s or 420,
                             a.steps or 30, a.pipeline is not False, a.corpus_dir, a.workers,
                             a.compile_modes or COMPILE_MODES, a.doc, a.peak_tflops)
@@ -360,6 +373,273 @@ def _measure(a, gpu) -> list[dict]:
                       f"{_machine(a.device)}, {steps} steps after {warmup} of warm-up; bf16 peak {peak} TFLOPS.\n\n"
                       + TABLE_HEAD + '\n' + '\n'.join(table))
     return results
+
+# %% ../nbs/13_bench.ipynb #c016a
+def _peak_rss_gib() -> float: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB on Linux
+
+def bench_chunked(preset='tiny', batch=32, chunk=None, steps=3, warmup=1, device='cpu', precision='fp32',
+                  channels_last=False, conv=None, crop=None, cudnn_benchmark=True, threads=None, compile=False) -> dict:
+    "Training steps of random inputs, the batch in one pass (chunk None) or in chunks: ms per clip (median step), peak memory."
+    if threads: torch.set_num_threads(threads)
+    dev, start = torch.device(device), _peak_rss_gib()
+    pre = get_preset(preset) if crop is None else replace(get_preset(preset), crop=crop)
+    model, opt, fwd = _model(pre, conv, channels_last, compile, dev)
+    if dev.type == 'cuda': torch.backends.cudnn.benchmark = cudnn_benchmark
+    v, a = _inputs(torch.randn(pre.video_shape(batch), device=dev), torch.randn(pre.audio_shape(batch), device=dev),
+                   channels_last)
+    eq1 = lambda z_v, z_a: nce_loss(z_v.float(), z_a.float(), check_finite=False)
+    ctx = partial(autocast, dev, precision)
+    def step():
+        opt.zero_grad(set_to_none=True)
+        if chunk is None: unchunked_backward(fwd, v, a, eq1, ctx)
+        else: chunked_backward(fwd, v, a, chunk, eq1, ctx)
+        opt.step()
+    if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats()
+    for _ in range(warmup): step()
+    wall, cpu = [], []                # the process's CPU time too: on a shared CPU it does not count waiting
+    for _ in range(steps):
+        _sync(dev); t, c = time.perf_counter(), time.process_time(); step(); _sync(dev)
+        wall.append(time.perf_counter() - t); cpu.append(time.process_time() - c)
+    s = statistics.median(wall)
+    return dict(preset=pre.name, conv=pre.conv, crop=pre.crop, batch=batch, chunk=chunk, precision=precision,
+                channels_last=channels_last, cudnn_benchmark=cudnn_benchmark, threads=torch.get_num_threads(), compile=compile,
+                ms_per_clip=1000 * s / batch, cpu_ms_per_clip=1000 * statistics.median(cpu) / batch,
+                clips_per_s=batch / s, start_gib=start,
+                peak_gib=_peak_gib(dev) if dev.type == 'cuda' else _peak_rss_gib())
+
+# %% ../nbs/13_bench.ipynb #c016b
+def bench_chunked_fresh(timeout=None, **kw) -> dict:
+    "`bench_chunked(**kw)` in a fresh Python process: its peak resident memory is that configuration's alone."
+    code = 'import json, sys; from avss.bench import bench_chunked; print(json.dumps(bench_chunked(**json.loads(sys.argv[1]))))'
+    r = subprocess.run([sys.executable, '-c', code, json.dumps(kw)], capture_output=True, text=True, timeout=timeout)
+    if r.returncode: raise RuntimeError(f'bench_chunked({kw}) failed:\n{r.stderr[-3000:]}')
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+def _fits_whole(preset, batch, device) -> tuple[bool, float, float | None]:
+    "(fits, estimated GiB, free GiB) of the whole batch in one pass, by the training loop's estimate (avss.train)."
+    cfg = T.PretrainConfig.resolve(dict(preset=get_preset(preset).name, batch_size=batch, k=1, device=str(device)))
+    d = T.Dist(device=torch.device(device))
+    need, free = T.memory_needed(cfg, d)[0], T.memory_free(d)
+    return free is None or need <= free, need, free
+
+# %% ../nbs/13_bench.ipynb #c016c
+def bench_chunks(preset='tiny', batches=(32, 64, 128, 256), chunk=32, steps=3, warmup=1, device='cpu', rounds=2,
+                 threads=None, **kw) -> list[dict]:
+    "Each batch in chunks of `chunk` and (where the estimate says it fits) in one pass, in fresh processes, alternating; a row per batch."
+    rows = []
+    for batch in batches:
+        fits, need, free = _fits_whole(preset, batch, device)
+        runs = {c: [] for c in ((None, chunk) if fits else (chunk,))}
+        for r in range(rounds):
+            for c in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+                runs[c].append(bench_chunked_fresh(preset=preset, batch=batch, chunk=c, steps=steps, warmup=warmup,
+                                                   device=str(device), threads=threads, **kw))
+                r = runs[c][-1]
+                print(f"batch {batch}, {'one pass' if c is None else f'chunks of {c}'}: {r['cpu_ms_per_clip']:.1f} ms "
+                      f"CPU time a clip ({r['ms_per_clip']:.1f} wall), peak {r['peak_gib']:.2f} GiB", flush=True)
+        med = lambda rs, key: statistics.median(r[key] for r in rs)
+        merged = lambda rs: dict(rs[0], ms_per_clip=med(rs, 'ms_per_clip'), cpu_ms_per_clip=med(rs, 'cpu_ms_per_clip'),
+                                 peak_gib=max(r['peak_gib'] for r in rs), rounds=[r['cpu_ms_per_clip'] for r in rs])
+        rows.append(dict(batch=batch, chunk=chunk, need_gib=need, free_gib=free, chunked=merged(runs[chunk]),
+                         whole=merged(runs[None]) if fits else None))
+    return rows
+
+def chunks_table(rows) -> str:
+    "The markdown table of `bench_chunks`'s rows: ms a clip as CPU time (wall-clock time in brackets), peak memory, ratios."
+    out = ['| batch | one pass: ms a clip | one pass: peak | chunks of {c}: ms a clip | chunks of {c}: peak | chunks / one pass |'
+           .format(c=rows[0]['chunk']), '|---|---|---|---|---|---|']
+    ms = lambda r: f"{r['cpu_ms_per_clip']:.1f} ({r['ms_per_clip']:.1f})"
+    for r in rows:
+        w, c = r['whole'], r['chunked']
+        one = f"{ms(w)} | {w['peak_gib']:.2f} GiB" if w else 'does not fit | '
+        ratio = (f"{c['cpu_ms_per_clip'] / w['cpu_ms_per_clip']:.2f}x ({c['ms_per_clip'] / w['ms_per_clip']:.2f}x)"
+                 if w else '')
+        out.append(f"| {r['batch']} | {one} | {ms(c)} | {c['peak_gib']:.2f} GiB | {ratio} |")
+    return '\n'.join(out)
+
+# %% ../nbs/13_bench.ipynb #c016f
+def bf16_grad_agreement(preset='paper', batch=16, crop=112, device='cuda', conv=None, seed=0) -> dict:
+    "Per parameter tensor, bf16 against float32 gradients of one training step: cosine similarity and relative difference, median and worst."
+    pre, dev = replace(get_preset(preset), crop=crop), torch.device(device)
+    if conv: pre = replace(pre, conv=conv)
+    g = torch.Generator().manual_seed(seed + 1)
+    v, a = torch.randn(pre.video_shape(batch), generator=g), torch.randn(pre.audio_shape(batch), generator=g)
+    eq1 = lambda z_v, z_a: nce_loss(z_v.float(), z_a.float(), check_finite=False)
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    grads = {}
+    try:
+        for precision in ('fp32', 'bf16'):
+            torch.manual_seed(seed)
+            model, cl = AVModel(pre).to(dev), precision == 'bf16' and dev.type == 'cuda'
+            if cl: model.channels_last()
+            unchunked_backward(model, *_inputs(v.to(dev), a.to(dev), cl), eq1, partial(autocast, dev, precision))
+            grads[precision] = {n: p.grad.double().flatten() for n, p in model.named_parameters()}
+    finally: torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    f, b = grads['fp32'], grads['bf16']
+    names = [n for n in f if f[n].norm() > 0]
+    cos = {n: torch.nn.functional.cosine_similarity(b[n], f[n], dim=0).item() for n in names}
+    rel = {n: ((b[n] - f[n]).norm() / f[n].norm()).item() for n in names}
+    worst = min(cos, key=cos.get)
+    return dict(preset=pre.name, conv=pre.conv, batch=batch, crop=crop, tensors=len(names),
+                cos_median=statistics.median(cos.values()), cos_worst=cos[worst], cos_worst_tensor=worst,
+                rel_median=statistics.median(rel.values()), rel_worst=max(rel.values()))
+
+# %% ../nbs/13_bench.ipynb #c016i
+def _e2e_run(csv, preset, batch, steps, workers, device, timeout, precision='auto') -> dict:
+    "A real pretraining run (`avss.train.pretrain` in its own process): batches per epoch, clips/s and data wait (medians after the first line)."
+    runs = tempfile.mkdtemp(prefix='avss-e2e-')
+    params = dict(data=str(csv), preset=preset, batch_size=batch, k=8, max_steps=steps, log_every=10, num_workers=workers,
+                  heldout=0.1, eval_titles=2, eval_snippets=4, checkpoint_every=10**6, runs_dir=runs, run_name='e2e',
+                  device=str(device), precision=precision)
+    code = 'import json, sys; from avss.train import pretrain; pretrain(json.loads(sys.argv[1]), progress=False)'
+    r = subprocess.run([sys.executable, '-c', code, json.dumps(params)], capture_output=True, text=True, timeout=timeout)
+    if r.returncode: raise RuntimeError(f'pretraining failed:\n{r.stderr[-3000:]}')
+    rows = [x for x in T.read_metrics(Path(runs)/'e2e') if 'clips_per_s' in x][1:]
+    epoch = re.search(r'(\d+) batches per epoch', r.stdout)
+    return dict(batches_per_epoch=int(epoch.group(1)) if epoch else None, steps=steps, batch=batch,
+                epochs=rows[-1]['epoch'] + 1 if rows else None,
+                clips_per_s=statistics.median(x['clips_per_s'] for x in rows) if rows else None,
+                data_wait=statistics.median(x['data_wait'] for x in rows) if rows else None)
+
+def _autotune_run(preset, batch, device, timeout, dry_run) -> dict | None:
+    "max-autotune in its own process, killed after `timeout` s (None: it did not finish compiling in time)."
+    out = Path(tempfile.mkdtemp())/'autotune.json'
+    args = ['--presets', preset, '--batch', str(batch), '--convs', '3d', '--no-pipeline', '--doc', '', '--out', str(out),
+            '--device', str(device)] + (['--configs', 'fp32', '--steps', '1', '--warmup', '1'] if dry_run else
+            ['--configs', 'bf16+cl+compile', '--compile-modes', 'max-autotune', '--steps', '10', '--warmup', '3'])
+    try: subprocess.run([sys.executable, '-m', 'avss.bench', *args], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired: return None
+    return json.loads(out.read_text())['results'][0] if out.exists() else None
+
+# %% ../nbs/13_bench.ipynb #c016j
+def _corpus_process(root, short_side, titles, minutes, workers):
+    "The end-to-end corpus made and prepared in a background process while the GPU measures (None without PyAV and decord)."
+    try: import av, decord  # noqa: F401  (the data path reads with them)
+    except ImportError: return None
+    code = ('import sys; from avss.bench import bench_corpus; '
+            'print(bench_corpus(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])))')
+    return subprocess.Popen([sys.executable, '-c', code, str(root), str(short_side), str(titles), str(minutes), str(workers)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+def _grad_line(r) -> str:
+    return (f"| {r['conv']} | {r['batch']} x {r['crop']}x{r['crop']} | {r['tensors']} | {r['cos_median']:.4f} | "
+            f"{r['cos_worst']:.4f} (`{r['cos_worst_tensor']}`) | {r['rel_median']:.3f} | {r['rel_worst']:.3f} |")
+
+def _step_line(what, r, need=None) -> str:
+    return (f"| {what} | {r['batch']} | {r['chunk'] or 'one pass'} | {r['clips_per_s']:.1f} | {r['peak_gib']:.1f} GiB | "
+            f"{f'{need:.1f} GiB' if need else ''} |")
+
+# %% ../nbs/13_bench.ipynb #c016k
+def gpu_check_chunked(device='cuda', budget_s=540.0, doc='docs/benchmarks.md', workers=None, dry_run=False) -> list[str]:
+    "Issue 27's check on one GPU (see above); returns the report's lines. `dry_run`: tiny sizes, a CPU will do."
+    t0, dev = time.perf_counter(), torch.device(device)
+    left = lambda: budget_s - (time.perf_counter() - t0)
+    S = dict(preset='tiny', batch=16, steady=(4, 8), crop=32, steps=1, warmup=1, grad_batch=4, grad_crop=32, titles=13,
+             minutes=0.5, e2e_batch=8, e2e_steps=20) if dry_run else dict(
+             preset='paper', batch=512, steady=(64, 128, 256), crop=None, steps=20, warmup=5, grad_batch=16, grad_crop=112,
+             titles=64, minutes=2.0, e2e_batch=128, e2e_steps=60)
+    precision, cl = ('fp32', False) if dev.type == 'cpu' else ('bf16', True)
+    workers = workers or max(1, (os.cpu_count() or 2) - 1)
+    corpus = _corpus_process(tempfile.mkdtemp(prefix='avss-e2e-corpus-'), get_preset(S['preset']).short_side, S['titles'],
+                             S['minutes'], max(1, workers - 1))        # a core left to the process driving the GPU
+    head = (f"`CHECK=chunk-gpu-check scripts/gpu_check.sh` on {_machine(dev)}{' (dry run, tiny sizes)' if dry_run else ''}; "
+            f"{precision}{', channels-last' if cl else ''}; steady-state rows are medians of {S['steps']} steps after "
+            f"{S['warmup']} of warm-up.")
+    sections = {k: [] for k in ('grads', 'steps', 'e2e', 'autotune', 'errors')}
+    def report():
+        body = [head, '', 'bf16 against float32, gradients of one training step per parameter tensor:', '',
+                '| conv form | clips | tensors | cosine, median | cosine, worst | rel. difference, median | rel. difference, worst |',
+                '|---|---|---|---|---|---|---|', *sections['grads'], '',
+                f"| measured | batch | chunk | clips/s | peak {'GPU memory' if dev.type == 'cuda' else 'resident memory'} "
+                '| memory estimate |', '|---|---|---|---|---|---|',
+                *sections['steps'], '', *sections['e2e'], *sections['autotune'], *sections['errors']]
+        if doc: write_section(doc, 'GPU check of issue 27', '\n'.join(body))
+        return body
+    def part(name, fn, cost):
+        if not dry_run and left() < cost: print(f'skipped {name}: {left():.0f} s of the budget left', flush=True); return
+        t = time.perf_counter()
+        try: fn()
+        except Exception as e: sections['errors'].append(f'- {name} failed: {type(e).__name__}: {str(e)[-500:]}')
+        if dev.type == 'cuda': torch.cuda.empty_cache()
+        print(f'{name}: {time.perf_counter() - t:.0f} s', flush=True); report()
+    return _run_parts(S, dev, precision, cl, workers, corpus, sections, part, left, report, dry_run)
+
+# %% ../nbs/13_bench.ipynb #c016l
+def _run_parts(S, dev, precision, cl, workers, corpus, sections, part, left, report, dry_run) -> list[str]:
+    "The parts of `gpu_check_chunked`, in order of importance (max-autotune last: it may not finish)."
+    limit = lambda margin: None if dry_run else max(30, left() - margin)      # a dry run waits as long as it takes
+    step = partial(bench_chunked, S['preset'], steps=S['steps'], warmup=S['warmup'], device=dev, precision=precision,
+                   channels_last=cl, crop=S['crop'])
+    def auto_chunk(batch):
+        cfg = T.PretrainConfig.resolve(dict(preset=S['preset'], batch_size=batch, k=1, chunk='auto', crop=S['crop'],
+                                            short_side=S['crop'] and S['crop'] + 6, device=str(dev)))
+        d, free = T.Dist(device=dev), None
+        if dry_run:                     # as if the device held about half the batch: the step in chunks runs
+            need, fixed, _ = T.memory_needed(cfg.replace(chunk=None), d)
+            free = (need + fixed) / 2
+        chunk = T.resolve_chunk(cfg, d, free)
+        return chunk, T.memory_needed(cfg.replace(chunk=chunk), d)[0]
+    def grads():
+        for conv in ('3d', '2d'):
+            sections['grads'].append(_grad_line(bf16_grad_agreement(S['preset'], S['grad_batch'], S['grad_crop'], dev, conv)))
+    def batch_512():
+        chunk, need = auto_chunk(S['batch'])
+        r = step(S['batch'], chunk, steps=max(1, S['steps'] // 4), warmup=min(2, S['warmup']))   # seconds a step
+        sections['steps'].append(_step_line("chunk='auto'", r, need))
+    def cudnn():
+        for on in (False, True):
+            sections['steps'].append(_step_line(f'cudnn.benchmark {"on" if on else "off"}', step(S['steady'][1], cudnn_benchmark=on)))
+    def steady():
+        for batch in S['steady']:
+            chunk, need = auto_chunk(batch)
+            sections['steps'].append(_step_line('steady state', step(batch, chunk), need))
+    def e2e():
+        if corpus is None: sections['e2e'].append('- end to end: skipped (PyAV or decord is missing)'); return
+        out, err = corpus.communicate(timeout=limit(120))
+        if corpus.returncode: raise RuntimeError(f'the corpus failed:\n{err[-2000:]}')
+        r = _e2e_run(out.strip().splitlines()[-1], S['preset'], S['e2e_batch'], S['e2e_steps'], workers, dev,
+                     timeout=limit(60), precision=precision)
+        sections['e2e'].append(f"- end to end (`avss.train.pretrain`, batch {r['batch']}, {workers} loader workers, "
+                               f"{S['titles']} titles of {S['minutes']} min): {r['batches_per_epoch']} batches an epoch, "
+                               f"{r['steps']} steps over {r['epochs']} epochs, {r['clips_per_s']:.1f} clips/s, "
+                               f"data wait {r['data_wait']:.1%} (medians of the lines after the first)")
+    def compiled():        # in its own process: a compiler that crashes takes only that process down
+        chunk, need = auto_chunk(S['batch'])
+        r = bench_chunked_fresh(preset=S['preset'], batch=S['batch'], chunk=chunk, steps=3, warmup=2, device=str(dev),
+                                precision=precision, channels_last=cl, crop=S['crop'], compile=not dry_run, timeout=limit(130))
+        sections['steps'].append(_step_line('torch.compile, in chunks' if not dry_run else 'in chunks (dry run: eager)', r, need))
+    def autotune():
+        r = _autotune_run(S['preset'], S['steady'][1], dev, timeout=limit(10), dry_run=dry_run)
+        sections['autotune'].append(f"- max-autotune, batch {S['steady'][1]}: " + (
+            'did not finish compiling within its budget' if r is None else
+            f"{r['clips_per_s']:.1f} clips/s after {r['warmup_s']:.0f} s of warm-up (compiling)"))
+    for name, fn, cost in (('bf16 gradients', grads, 20), (f"batch {S['batch']}, chunk auto", batch_512, 40),
+                           ('cudnn.benchmark', cudnn, 40), ('steady state', steady, 60), ('end to end', e2e, 120),
+                           ('torch.compile in chunks', compiled, 150), ('max-autotune', autotune, 120)):
+        part(name, fn, cost)
+    if corpus is not None and corpus.poll() is None: corpus.kill()
+    return report()
+
+# %% ../nbs/13_bench.ipynb #c016n
+def _chunks_main(a) -> list:
+    "`python -m avss.bench --chunked` (the CPU table) or `--chunk-gpu-check`."
+    if a.chunk_gpu_check:
+        lines = gpu_check_chunked(a.device, a.budget_s or 540, a.doc, a.workers if a.workers else None, a.dry_run)
+        print('\n'.join(lines))
+        return lines
+    rows = bench_chunks((a.presets or ['tiny'])[0], a.batch or (32, 64, 128, 256), a.chunk, a.steps or 3, a.warmup or 1,
+                        a.device, threads=a.threads)
+    table, load = chunks_table(rows), os.getloadavg()
+    print(table)
+    if a.doc:
+        write_section(a.doc, 'Batches in chunks on a CPU', f"`{a.command}` on {_machine(a.device)}: the "
+                      f"{rows[0]['chunked']['preset']} preset ({rows[0]['chunked']['crop']}x{rows[0]['chunked']['crop']} "
+                      f"crop), fp32; each configuration in a fresh process, the two of a batch one after the other in "
+                      f"alternating order; ms a clip: the process's CPU time (wall-clock time in brackets) of the median step "
+                      f"over {a.steps or 3} steps after {a.warmup or 1} of warm-up, median of the rounds; peak: the process's peak resident set (with {rows[0]['chunked']['start_gib']:.2f} "
+                      f"GiB after importing torch). Load average at the end: {load[0]:.1f}.\n\n" + table)
+    return rows
 
 # %% ../nbs/13_bench.ipynb #c017
 if __name__ == '__main__' and 'get_ipython' not in globals():   # not when this notebook runs

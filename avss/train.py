@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['PRETRAIN_SPEC', 'RECIPES', 'MEMORY_GIB', 'CPU_SECONDS_PER_CLIP', 'MAY_CHANGE_ON_RESUME', 'FLAGS', 'GRADIENT_NOTE',
            'PretrainConfig', 'run_preset', 'auto_preset', 'pretrain_errors', 'Dist', 'init_distributed',
-           'InsufficientMemoryError', 'memory_needed', 'memory_free', 'check_memory', 'step_limit', 'cpu_warning',
-           'default_run_name', 'checkpoint_state', 'SeededBatches', 'data_dir', 'synthetic_catalog', 'load_catalogs',
-           'scene_table', 'scene_fallback', 'build_loader', 'plot_loss', 'measure_heldout', 'build_model',
-           'total_steps', 'NonFiniteStepError', 'train_step', 'agree', 'StepHealth', 'open_run', 'TextProgress',
-           'pretrain', 'finish_run', 'parse_value', 'parse_cli', 'main']
+           'InsufficientMemoryError', 'kept_gib_per_clip', 'memory_needed', 'memory_free', 'check_memory', 'step_limit',
+           'cpu_warning', 'resolve_chunk', 'fit_memory', 'default_run_name', 'checkpoint_state', 'SeededBatches',
+           'data_dir', 'synthetic_catalog', 'load_catalogs', 'scene_table', 'scene_fallback', 'build_loader',
+           'plot_loss', 'measure_heldout', 'build_model', 'total_steps', 'NonFiniteStepError', 'train_step', 'agree',
+           'StepHealth', 'open_run', 'TextProgress', 'pretrain', 'finish_run', 'parse_value', 'parse_cli', 'main']
 
 # %% ../nbs/09_train.ipynb #c002
 import dataclasses
@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .catalog import Catalog
+from .chunked import chunked_backward
 from .config import RunConfig, param
 from .core import (ParamError, annotated, atomic_write_bytes, autocast, default_runs_dir, get_device, git_revision,
                        is_bool, is_float, is_int, is_str, one_of, repo_root, seed_everything, uses_bf16)
@@ -64,6 +65,12 @@ def _is_timeout(v):
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
         return f'must be a number of seconds > 0, "auto" or None, got {v!r}'
 
+@partial(annotated, annotation='Optional[Union[int, str]]')
+def _is_chunk(v):
+    if v is None or v == 'auto': return None
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        return f'must be a positive integer, "auto" or None, got {v!r}'
+
 @dataclass(frozen=True)
 class PretrainConfig(RunConfig):
     "The parameters of a pretraining run (the pretrain notebook's, `avss pretrain -p`'s); `resolve` fills in the recipe."
@@ -76,6 +83,7 @@ class PretrainConfig(RunConfig):
     normalize: bool = param(False, is_bool(), 'l2-normalise embeddings and divide by tau (False: raw dot products, as the paper)')
     tau: float = param(0.07, is_float(0, lo_open=True), 'temperature when normalize is True')
     batch_size: int | None = param(None, is_int(1, none_ok=True), 'global batch over all ranks (None: the preset recipe)')
+    chunk: int | str | None = param(None, _is_chunk, "clips per forward pass on each rank, a divisor of the per-rank batch (None: all at once; auto: the largest that fits the device); the gradient is the whole batch's (avss.chunked)")
     epochs: float | None = param(None, is_float(0, lo_open=True, none_ok=True), 'length in epochs (an epoch: the sampler length); max_steps wins when both are set')
     max_steps: int | None = param(None, is_int(1, none_ok=True), 'length in optimiser steps (None: the recipe, unless epochs is set)')
     lr: float | None = param(None, is_float(0, lo_open=True, none_ok=True), 'peak learning rate (None: the recipe)')
@@ -183,11 +191,19 @@ class InsufficientMemoryError(MemoryError):
 def _precision(cfg: PretrainConfig, d: Dist) -> str:
     return 'bf16' if uses_bf16(d.device, cfg.precision) else 'fp32'
 
+def kept_gib_per_clip(cfg: PretrainConfig) -> float:
+    "GiB a step in chunks holds for every clip of the rank's batch throughout: the clip as loaded and as the encoders' inputs, its embeddings and gradients, its row of Eq. 1."
+    pr = run_preset(cfg)
+    frames, mel = 3 * pr.frames * pr.crop ** 2, pr.n_mels * pr.audio_frames   # uint8 + float32, float16 + float32
+    return (frames * (1 + 4) + mel * (2 + 4) + 2 * 512 * 4 * 4 + 2 * cfg.batch_size * 4 * 4) / 2**30
+
 def memory_needed(cfg: PretrainConfig, d: Dist) -> tuple[float, float, float]:
-    "(estimated GiB, fixed GiB, GiB per clip) of one rank's training step."
+    "(estimated GiB, fixed GiB, GiB per clip) of one rank's training step; in chunks, the clips of one chunk plus what the whole batch keeps."
     kind = 'cuda' if d.device.type == 'cuda' else 'cpu'
     fixed, per_clip = MEMORY_GIB.get((cfg.preset, kind, _precision(cfg, d)), MEMORY_GIB[(cfg.preset, kind, 'fp32')])
     per_clip *= (run_preset(cfg).crop / get_preset(cfg.preset).crop) ** 2
+    if cfg.chunk not in (None, 'auto'):
+        return fixed + per_clip * cfg.chunk + kept_gib_per_clip(cfg) * cfg.batch_size / d.world_size, fixed, per_clip
     return fixed + per_clip * cfg.batch_size / d.world_size, fixed, per_clip
 
 def memory_free(d: Dist) -> float | None:
@@ -199,19 +215,25 @@ def memory_free(d: Dist) -> float | None:
     return None if kib is None else kib / 2**20
 
 def check_memory(cfg: PretrainConfig, d: Dist, free: float | None = None):
-    "Stop before the first step, with the numbers and the ways out, when the per-rank batch cannot fit."
+    "Stop before the first step, with the numbers and the ways out, when the per-rank batch (or its chunks) cannot fit."
     need, fixed, per_clip = memory_needed(cfg, d)
     free = memory_free(d) if free is None else free
     if free is None or need <= free: return
-    per_rank = cfg.batch_size // d.world_size
+    per_rank, chunk = cfg.batch_size // d.world_size, cfg.chunk if cfg.chunk != 'auto' else None
     fits = int((free - fixed) / per_clip) // cfg.k * cfg.k * d.world_size
-    ranks = -(-int(need - fixed) // max(1, int(free - fixed))) if free > fixed else None
-    ways = [f"a smaller batch: -p batch_size {fits}" if fits >= cfg.k else None,
+    whole = memory_needed(cfg.replace(chunk=None), d)[0]
+    ranks = -(-int(whole - fixed) // max(1, int(free - fixed))) if free > fixed else None
+    auto = resolve_chunk(cfg.replace(chunk='auto'), d, free)
+    ways = [f"chunks: -p chunk auto ({auto} clips a forward pass fit; the gradient of the whole batch, one more forward pass)"
+            if auto and auto != chunk and memory_needed(cfg.replace(chunk=auto), d)[0] <= free else None,
+            f"a smaller batch: -p batch_size {fits}" if fits >= cfg.k else None,
             f"more ranks: torchrun --nproc_per_node {ranks * d.world_size} (each rank holds batch_size / ranks)" if ranks else None,
             "the tiny preset: -p preset tiny" if cfg.preset != 'tiny' else None]
+    kept = f" plus {kept_gib_per_clip(cfg) * per_rank:.1f} GiB kept for its {per_rank} clips" if chunk else ''
     raise InsufficientMemoryError(
-        f"batch_size {cfg.batch_size} needs about {need:.1f} GiB on each of {d.world_size} rank(s) ({per_rank} clips of "
-        f"about {per_clip:.3f} GiB plus {fixed:.1f} GiB), but {d.device} has {free:.1f} GiB free. Ways out:\n  "
+        f"batch_size {cfg.batch_size}{f' in chunks of {chunk}' if chunk else ''} needs about {need:.1f} GiB on each of "
+        f"{d.world_size} rank(s) ({chunk or per_rank} clips of about {per_clip:.3f} GiB plus {fixed:.1f} GiB{kept}), "
+        f"but {d.device} has {free:.1f} GiB free. Ways out:\n  "
         + '\n  '.join(w for w in ways if w))
 
 def step_limit(cfg: PretrainConfig, d: Dist) -> float | None:
@@ -227,6 +249,29 @@ def cpu_warning(cfg: PretrainConfig, d: Dist) -> str | None:
     s = CPU_SECONDS_PER_CLIP['paper'] * cfg.batch_size / d.world_size
     return (f"warning: the paper preset on a CPU takes about {s / 60:.0f} minutes a step at batch {cfg.batch_size} "
             f"({CPU_SECONDS_PER_CLIP['paper']:.0f} s a clip on two cores); -p preset tiny is the CPU-sized model")
+
+# %% ../nbs/09_train.ipynb #c012c
+def _divisors(n: int) -> list[int]: return [c for c in range(1, n + 1) if n % c == 0]
+
+def resolve_chunk(cfg: PretrainConfig, d: Dist, free: float | None = None) -> int | None:
+    "A rank's chunk: None (its whole batch in one pass; also for a chunk equal to it) or a divisor of its batch; 'auto': the largest that fits `free`."
+    n = cfg.batch_size // d.world_size
+    if cfg.chunk is None: return None
+    if cfg.chunk != 'auto':
+        if n % cfg.chunk: raise ParamError(f"parameter 'chunk' ({cfg.chunk}) must divide the per-rank batch of {n} clips "
+                                           f"(batch_size {cfg.batch_size} on {d.world_size} rank(s)): one of {_divisors(n)}")
+        return None if cfg.chunk == n else int(cfg.chunk)
+    free = memory_free(d) if free is None else free
+    if free is None or memory_needed(cfg.replace(chunk=None), d)[0] <= free: return None
+    fits = [c for c in _divisors(n)[:-1] if memory_needed(cfg.replace(chunk=c), d)[0] <= free]
+    return fits[-1] if fits else (1 if n > 1 else None)     # 1 when none fits: check_memory says so
+
+def fit_memory(cfg: PretrainConfig, d: Dist, free: float | None = None) -> PretrainConfig:
+    "`cfg` with its chunk resolved for this rank (`resolve_chunk`), once `check_memory` found that the step fits."
+    free = memory_free(d) if free is None else free
+    cfg = cfg.replace(chunk=resolve_chunk(cfg, d, free))
+    check_memory(cfg, d, free)
+    return cfg
 
 # %% ../nbs/09_train.ipynb #c016
 MAY_CHANGE_ON_RESUME = {'resume', 'num_workers', 'device', 'runs_dir', 'log_every', 'eval_every', 'keep_every',
@@ -378,13 +423,18 @@ def _not_finite(xs, squared: bool = False) -> torch.Tensor:
 
 def train_step(model, optimizer, batch, cfg: PretrainConfig, d: Dist) -> tuple[torch.Tensor, torch.Tensor]:
     "Forward, loss and backward on this rank's share of a global batch; returns the loss and `FLAGS[:-1]` (1.0 = not finite)."
-    video, audio = to_model_inputs(batch, d.device, train=True, sigma=cfg.sigma, spec_drop=cfg.spec_drop)
-    with autocast(d.device, cfg.precision):
-        z_v, z_a = model(video, audio)
-    loss = nce_loss(z_v.float(), z_a.float(), normalize=cfg.normalize, tau=cfg.tau if cfg.normalize else None,
-                    check_finite=False)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    video, audio = to_model_inputs(batch, d.device, train=True, sigma=cfg.sigma, spec_drop=cfg.spec_drop)  # once a batch
+    eq1 = lambda z_v, z_a: nce_loss(z_v.float(), z_a.float(), normalize=cfg.normalize,
+                                    tau=cfg.tau if cfg.normalize else None, check_finite=False)
+    if cfg.chunk is None:                               # the whole per-rank batch in one pass
+        with autocast(d.device, cfg.precision):
+            z_v, z_a = model(video, audio)
+        loss = eq1(z_v, z_a)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    else:                                               # in chunks: Eq. 1 over the whole batch (avss.chunked)
+        optimizer.zero_grad(set_to_none=True)
+        loss, z_v, z_a = chunked_backward(model, video, audio, cfg.chunk, eq1, partial(autocast, d.device, cfg.precision))
     gv, ga = _modality_grads(model)
     bad = torch.stack([_not_finite([loss.detach()]), _not_finite([z_v.detach()]), _not_finite([z_a.detach()]),
                        _not_finite(gv, squared=True).to(loss.device), _not_finite(ga, squared=True).to(loss.device)])
@@ -521,7 +571,8 @@ def pretrain(params: dict | PretrainConfig, progress: bool = True) -> Path:
     if d.distributed and cfg.run_name is None:
         raise ParamError("parameter 'run_name' must be given when running on several processes")
     name = cfg.run_name or default_run_name(cfg)
-    check_memory(cfg, d)
+    cfg = fit_memory(cfg, d)                                  # chunk resolved: None or a divisor of the per-rank batch
+    if d.main and cfg.chunk: print(f'{cfg.batch_size // d.world_size} clips a rank in chunks of {cfg.chunk} (avss.chunked)')
 
     # ============ checking data and model (nothing is written before they pass) ============
     train_cat, held_cat, report = load_catalogs(cfg, preset, progress=progress and d.main)
