@@ -1,5 +1,16 @@
-"""Shared fixtures: a small synthetic corpus, prepared at the tiny preset's size, made once per test session."""
+"""Shared fixtures: a small synthetic corpus, prepared at the tiny preset's size, made once per test session; and every
+test leaves torch's thread count as it found it."""
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """A test may set torch's intra-op threads (one thread makes two processes' float sums comparable); the next test
+    must not inherit it, or its in-process numbers stop matching a subprocess's bit for bit."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope='session')
