@@ -1,5 +1,7 @@
 """Shared fixtures: a small synthetic corpus, prepared at the tiny preset's size, made once per test session; and every
 test leaves torch's thread count as it found it."""
+import json
+
 import pytest
 import torch
 
@@ -23,3 +25,18 @@ def small_catalog(tmp_path_factory):
     prepared, report = prepare(cat, root/'prepared', short_side=76, progress=False)
     assert len(report) == 0, report
     return prepared.write(root/'prepared'/'catalog.csv')
+
+
+def write_finished_run(run_dir, model, cfg, step: int = 7):
+    """`run_dir` as a finished pretraining run leaves it: `checkpoints/last.pt` and `encoders.pt` of `model` at `step`,
+    and `params.json` of `cfg` (a PretrainConfig). For tests of what reads runs (embed, export), not of training."""
+    from avss.models import save_encoders
+    from avss.optim import make_optimizer
+    from avss.rundir import RunDir
+    from avss.train import checkpoint_state
+    opt = make_optimizer(model, 1e-3, 0.0)
+    RunDir(run_dir).save_checkpoint(checkpoint_state(step, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                                                     {}, cfg))
+    (run_dir/'params.json').write_text(json.dumps(cfg.to_params()))
+    save_encoders(model, run_dir/'encoders.pt', params=cfg.to_params(), step=step)
+    return run_dir

@@ -3,7 +3,6 @@
 The model is a randomly initialised tiny one at a 32x32 crop, saved as a finished run saves it (checkpoints/last.pt,
 encoders.pt of the same step, params.json): what is tested is the reading, cutting and bookkeeping, not the weights.
 """
-import json
 import math
 import subprocess
 import sys
@@ -17,9 +16,9 @@ import torch
 from avss.catalog import probe
 from avss.cli import main
 from avss.embed import embed_file, embed_media
-from avss.models import AVModel, save_encoders
-from avss.rundir import RunDir
-from avss.train import checkpoint_state, make_optimizer, PretrainConfig, run_preset
+from avss.models import AVModel
+from avss.train import PretrainConfig, run_preset
+from conftest import write_finished_run
 
 MEDIA = Path(__file__).resolve().parent.parent.parent/'shared'/'media'
 pytestmark = [pytest.mark.media,
@@ -36,12 +35,7 @@ def run_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp('run')
     p = PretrainConfig.resolve(dict(preset='tiny', crop=32, short_side=40))
     torch.manual_seed(0)
-    model = AVModel(run_preset(p))
-    opt = make_optimizer(model, 1e-3, 0.0)
-    RunDir(d).save_checkpoint(checkpoint_state(7, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), {}, p))
-    (d/'params.json').write_text(json.dumps(p.to_params()))
-    save_encoders(model, d/'encoders.pt', params=p.to_params(), step=7)
-    return d
+    return write_finished_run(d, AVModel(run_preset(p)), p)
 
 
 def loop_clip(src: Path, dst: Path, seconds: float) -> Path:

@@ -22,8 +22,8 @@ from avss.cli import main
 from avss.decode import MediaReader
 from avss.embed import Embedder, TitleSnippets, embed_file, load_embedder, model_inputs
 from avss.models import AVModel, save_encoders
-from avss.rundir import RunDir
-from avss.train import checkpoint_state, make_optimizer, PretrainConfig, run_preset
+from avss.train import PretrainConfig, run_preset
+from conftest import write_finished_run
 
 REPO = Path(__file__).resolve().parent.parent
 MEDIA = REPO.parent/'shared'/'media'
@@ -47,12 +47,7 @@ def run_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp('run')
     p = PretrainConfig.resolve(dict(preset='tiny', crop=32, short_side=40))
     torch.manual_seed(0)
-    model = moved(AVModel(run_preset(p)))
-    opt = make_optimizer(model, 1e-3, 0.0)
-    RunDir(d).save_checkpoint(checkpoint_state(7, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), {}, p))
-    (d/'params.json').write_text(json.dumps(p.to_params()))
-    save_encoders(model, d/'encoders.pt', params=p.to_params(), step=7)
-    return d
+    return write_finished_run(d, moved(AVModel(run_preset(p))), p)
 
 
 @pytest.fixture(scope='module')
