@@ -27,13 +27,17 @@ def small_catalog(tmp_path_factory):
     return prepared.write(root/'prepared'/'catalog.csv')
 
 
-def write_finished_run(run_dir, model, cfg, step: int = 7):
-    """`run_dir` as a finished pretraining run leaves it: `checkpoints/last.pt` and `encoders.pt` of `model` at `step`,
-    and `params.json` of `cfg` (a PretrainConfig). For tests of what reads runs (embed, export), not of training."""
-    from avss.models import save_encoders
+def write_finished_run(run_dir, adjust=lambda model: model, step: int = 7):
+    """`run_dir` as a finished run of a randomly initialised tiny model at crop 32 (short side 40) leaves it:
+    `checkpoints/last.pt` and `encoders.pt` at `step`, and `params.json`; `adjust(model)` may change the model first
+    (seeded: torch.manual_seed(0)). For tests of what reads runs (embed, export), not of training."""
+    from avss.models import AVModel, save_encoders
     from avss.optim import make_optimizer
     from avss.rundir import RunDir
-    from avss.train import checkpoint_state
+    from avss.train import PretrainConfig, checkpoint_state, run_preset
+    cfg = PretrainConfig.resolve(dict(preset='tiny', crop=32, short_side=40))
+    torch.manual_seed(0)
+    model = adjust(AVModel(run_preset(cfg)))
     opt = make_optimizer(model, 1e-3, 0.0)
     RunDir(run_dir).save_checkpoint(checkpoint_state(step, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
                                                      {}, cfg))
