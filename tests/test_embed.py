@@ -19,7 +19,8 @@ from avss.cli import main
 from avss.embed import embed_file, embed_media
 from avss.models import AVModel, save_encoders
 from avss.rundir import RunDir
-from avss.train import checkpoint_state, make_optimizer, PretrainConfig, run_preset
+from avss.train import checkpoint_state, make_optimizer
+from avss.pretrain_config import PretrainConfig, run_preset
 
 MEDIA = Path(__file__).resolve().parent.parent.parent/'shared'/'media'
 pytestmark = [pytest.mark.media,

@@ -23,7 +23,8 @@ from avss.decode import MediaReader
 from avss.embed import Embedder, TitleSnippets, embed_file, load_embedder, model_inputs
 from avss.models import AVModel, save_encoders
 from avss.rundir import RunDir
-from avss.train import checkpoint_state, make_optimizer, PretrainConfig, run_preset
+from avss.train import checkpoint_state, make_optimizer
+from avss.pretrain_config import PretrainConfig, run_preset
 
 REPO = Path(__file__).resolve().parent.parent
 MEDIA = REPO.parent/'shared'/'media'
