@@ -28,7 +28,8 @@ from .core import (ParamError, annotated, atomic_write_bytes, atomic_write_json,
 from .discrepancy import embed, measure_embeddings
 from .models import AVModel, Preset, get_preset, strip_wrapper_prefixes
 from .rundir import CheckpointError, RunDir
-from .train import PRETRAIN_SPEC, PretrainConfig, load_catalogs, run_preset
+from .pretrain_config import PRETRAIN_SPEC, PretrainConfig, run_preset
+from .loader import load_catalogs
 
 # %% ../nbs/10a_discrepancy_runs.ipynb #c005
 @partial(annotated, annotation='Union[str, list]')

@@ -23,7 +23,8 @@ from .embed import Embedder, load_embedder
 from .models import (CONFIG_NAME, WEIGHTS_NAME, AVModel, Preset, VideoEncoder, count_params, heads_hidden, pretrained_config,
                          save_pretrained)
 from .rundir import read_summary
-from .train import PRETRAIN_SPEC, PretrainConfig, load_catalogs, run_preset
+from .pretrain_config import PRETRAIN_SPEC, PretrainConfig, run_preset
+from .loader import load_catalogs
 
 # %% ../nbs/15a_export.ipynb #c006
 def model_of(emb: Embedder) -> AVModel:

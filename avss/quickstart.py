@@ -28,7 +28,9 @@ from .core import atomic_write_bytes, atomic_write_text, default_runs_dir
 from .prepare import prepare
 from .rundir import STOPPED_EXIT, RunStopped, exit_reason, read_metrics, read_summary
 from .synth import make_corpus
-from .train import PretrainConfig, data_dir, pretrain
+from .pretrain_config import PretrainConfig
+from .loader import data_dir
+from .train import pretrain
 
 # %% ../nbs/17_quickstart.ipynb #c005
 QUICKSTART_CORPUS = dict(titles=32, shows=4, episodes=4, minutes=3.0, width=64, height=48, fps=5, sample_rate=16000)

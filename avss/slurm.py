@@ -26,7 +26,8 @@ from submitit.slurm.slurm import _make_sbatch_string
 from .config import param
 from .core import Param, ParamError, default_runs_dir, is_int, is_str, validate_params
 from .rundir import PREEMPT_SIGNAL, RunStopped, lock_holder, run_exists, slurm_job_id
-from .train import PretrainConfig, default_run_name, pretrain
+from .pretrain_config import PretrainConfig
+from .train import default_run_name, pretrain
 
 # %% ../nbs/19_slurm.ipynb #s006
 def time_minutes(value) -> int | None:

@@ -221,7 +221,8 @@ def mix_catalog(point: dict, sweep_dir: Path) -> Path:
     "The catalog CSV of a point with a genre_mix, drawn once from the base data (`avss.genre_mix.sample_by_genre`)."
     from avss.catalog import Catalog          # here, not at the top: only a genre mix needs them, and the sweep driver
     from avss.genre_mix import sample_by_genre  # itself does not import the training code
-    from avss.train import PretrainConfig, run_preset, synthetic_catalog
+    from avss.pretrain_config import PretrainConfig, run_preset
+    from avss.loader import synthetic_catalog
     path = sweep_dir/'catalogs'/f"{point['name']}.csv"
     if path.exists(): return path
     cfg = PretrainConfig.resolve(point['params'])

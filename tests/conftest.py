@@ -34,7 +34,8 @@ def write_finished_run(run_dir, adjust=lambda model: model, step: int = 7):
     from avss.models import AVModel, save_encoders
     from avss.optim import make_optimizer
     from avss.rundir import RunDir
-    from avss.train import PretrainConfig, checkpoint_state, run_preset
+    from avss.pretrain_config import PretrainConfig, run_preset
+    from avss.train import checkpoint_state
     cfg = PretrainConfig.resolve(dict(preset='tiny', crop=32, short_side=40))
     torch.manual_seed(0)
     model = adjust(AVModel(run_preset(cfg)))

@@ -60,14 +60,14 @@ def test_no_command_is_an_error(capsys):
 
 
 def test_params_in_order():
-    from avss.train import parse_cli
+    from avss.cli import parse_cli
     a = build_parser('pretrain').parse_args(['pretrain', '-p', 'k', '4', '--param', 'w', '8', '-p', 'k', '16'])
     assert a.params == ['-p', 'k', '4', '-p', 'w', '8', '-p', 'k', '16']
     assert parse_cli(a.params) == {'k': 16, 'w': 8}
 
 
 def test_params_file_then_override(tmp_path):
-    from avss.train import parse_cli
+    from avss.cli import parse_cli
     (tmp_path/'p.yaml').write_text('k: 8\nlr: 0.002\n')
     a = build_parser('finetune').parse_args(['finetune', '-p', 'k', '1', '-f', str(tmp_path/'p.yaml'), '-p', 'lr', '1e-4'])
     assert parse_cli(a.params) == {'k': 8, 'lr': 0.0001}

@@ -22,7 +22,7 @@ from avss.cli import main
 from avss.decode import MediaReader
 from avss.embed import Embedder, TitleSnippets, embed_file, load_embedder, model_inputs
 from avss.models import AVModel, save_encoders
-from avss.train import PretrainConfig, run_preset
+from avss.pretrain_config import PretrainConfig, run_preset
 from conftest import write_finished_run
 
 REPO = Path(__file__).resolve().parent.parent

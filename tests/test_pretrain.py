@@ -41,7 +41,7 @@ def _papermill(args, cwd=ROOT):
     return subprocess.run([str(BIN/'papermill'), '-k', 'python3', *args], cwd=cwd, capture_output=True, text=True)
 
 
-RUN_NOTEBOOKS = [('pretrain.ipynb', 'avss.train', 'PretrainConfig'), ('finetune.ipynb', 'avss.downstream', 'DownstreamConfig'),
+RUN_NOTEBOOKS = [('pretrain.ipynb', 'avss.pretrain_config', 'PretrainConfig'), ('finetune.ipynb', 'avss.downstream', 'DownstreamConfig'),
                  ('discrepancy.ipynb', 'avss.discrepancy_runs', 'DiscrepancyConfig')]
 
 
@@ -203,7 +203,10 @@ def test_scene_windows_are_a_run_parameter(catalog, tmp_path):
     from avss.samplers import scene_snippet_ranges
     from avss.scenes import SCENES_FILE, title_scenes
     from avss.segment import SnippetGrid
-    from avss.train import build_loader, load_catalogs, pretrain, PretrainConfig, run_preset, Dist
+    from avss.distributed import Dist
+    from avss.loader import build_loader, load_catalogs
+    from avss.pretrain_config import PretrainConfig, run_preset
+    from avss.train import pretrain
     shutil.copytree(Path(catalog).parent, tmp_path/'corpus')               # the shots are stored beside each title
     data = tmp_path/'corpus'/'catalog.csv'
     p = PretrainConfig.resolve(_small(data, tmp_path/'runs', 'scenes', window='scene', k=2, w=2, batch_size=8, heldout=0.0))

@@ -121,7 +121,7 @@ def test_a_three_point_sweep_runs_as_an_array_and_its_status_names_each_point(sm
     lines = capsys.readouterr().out.splitlines()
     print('\n'.join(lines))
     assert re.fullmatch(r'k4 +done', lines[0]) and re.fullmatch(r'k2 +done', lines[1])
-    assert re.match(rf'k4_lr1e\+30 +failed +job {subs[2].job.job_id} \(submitit-local\): pretrain: avss.train.NonFiniteStepError: '
+    assert re.match(rf'k4_lr1e\+30 +failed +job {subs[2].job.job_id} \(submitit-local\): pretrain: avss.health.NonFiniteStepError: '
                     f'run {re.escape(str(runs/"arr"/"k4_lr1e+30"))}: step \\d: not finite: loss', lines[2])
     assert lines[2].endswith(f'(log: {subs[2].job.paths.stderr})') and lines[3] == '3 point(s): 2 done, 1 failed'
     assert (runs/'arr'/'k4'/'summary.json').exists() and _losses(runs/'arr'/'k2')
