@@ -11,10 +11,10 @@ import logging
 import os
 from collections import OrderedDict
 
+from fastcore.basics import patch
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from fastcore.basics import patch
 
 from .catalog import Catalog
 from .decode import DecodeError, MediaReader, open_mel, read_mel
