@@ -26,9 +26,9 @@ import threading
 import time
 from pathlib import Path
 
+from fastcore.basics import patch
 import numpy as np
 import torch
-from fastcore.basics import patch
 
 from .core import ParamError, atomic_write_bytes, atomic_write_json, atomic_write_text
 
