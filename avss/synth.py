@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastcore.basics import patch
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
@@ -61,12 +62,15 @@ class Style:
     tilt_db: float            # equaliser tilt, dB per octave around 1 kHz
     cutoff_hz: float          # mastering low-pass
 
-    def graded(self, rgb, strength: float = 1.0) -> np.ndarray:
-        "Colours in [0, 1] (shape [..., 3]) through the title's grade (`strength` of it), as floats in [0, 255]."
-        rgb, g = np.asarray(rgb, float), self.grade * strength
-        lum = rgb @ np.array([0.3, 0.59, 0.11])
-        return np.clip((1 - g) * rgb + g * 1.5 * lum[..., None] * self.tint, 0, 1) * 255
+# %% ../nbs/12_synth.ipynb #c006gp1
+@patch
+def graded(self: Style, rgb, strength: float = 1.0) -> np.ndarray:
+    "Colours in [0, 1] (shape [..., 3]) through the title's grade (`strength` of it), as floats in [0, 255]."
+    rgb, g = np.asarray(rgb, float), self.grade * strength
+    lum = rgb @ np.array([0.3, 0.59, 0.11])
+    return np.clip((1 - g) * rgb + g * 1.5 * lum[..., None] * self.tint, 0, 1) * 255
 
+# %% ../nbs/12_synth.ipynb #c006x1
 def _rgb(h, s, v): return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v))
 
 def draw_style(rng) -> Style:
