@@ -138,6 +138,23 @@ class Catalog:
         return (f'Catalog({len(d)} titles in {d["group_id"].nunique()} groups, '
                 f'{d["duration_s"].sum() / 3600:.2f} h; kinds: {d["kind"].value_counts().to_dict()})')
 
+# %% ../nbs/01_catalog.ipynb #c011p2
+@patch
+def write(self: Catalog, csv) -> Path:
+    "Write the catalog to `csv` atomically; paths under its folder are stored relative to it."
+    csv = Path(csv)
+    root = csv.resolve().parent
+    df = self.df.copy()
+    for c in filter(_is_path, df.columns): df[c] = [_relative(p, root) for p in df[c]]
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    return atomic_write_text(csv, buf.getvalue())
+
+def _relative(p, root: Path) -> str:
+    if not isinstance(p, str) or not p: return p
+    q = Path(p).resolve()
+    return q.relative_to(root).as_posix() if q.is_relative_to(root) else str(q)
+
 # %% ../nbs/01_catalog.ipynb #c011p1
 @patch(cls_method=True)
 def read(cls: Catalog, csv) -> 'Catalog':
@@ -155,23 +172,6 @@ def read(cls: Catalog, csv) -> 'Catalog':
         df[c] = [p if not p or Path(p).is_absolute() else str(root/p) for p in df[c]]
     try: return cls(df)
     except ValueError as e: raise ValueError(f'catalog {csv}: {e}') from None
-
-# %% ../nbs/01_catalog.ipynb #c011p2
-@patch
-def write(self: Catalog, csv) -> Path:
-    "Write the catalog to `csv` atomically; paths under its folder are stored relative to it."
-    csv = Path(csv)
-    root = csv.resolve().parent
-    df = self.df.copy()
-    for c in filter(_is_path, df.columns): df[c] = [_relative(p, root) for p in df[c]]
-    buf = io.StringIO()
-    df.to_csv(buf, index=False)
-    return atomic_write_text(csv, buf.getvalue())
-
-def _relative(p, root: Path) -> str:
-    if not isinstance(p, str) or not p: return p
-    q = Path(p).resolve()
-    return q.relative_to(root).as_posix() if q.is_relative_to(root) else str(q)
 
 # %% ../nbs/01_catalog.ipynb #c015
 def _find_media(paths_or_dir, exts) -> list[tuple[Path, str]]:
