@@ -58,18 +58,6 @@ class Preset:
     def video_shape(self, batch: int = 1) -> tuple: return (batch, 3, self.frames, self.crop, self.crop)
     def audio_shape(self, batch: int = 1) -> tuple: return (batch, 1, self.n_mels, self.audio_frames)
 
-# %% ../nbs/07_models.ipynb #c005fp1
-@patch(cls_method=True)
-def from_dict(cls: Preset, d: dict, where: str = 'preset'):
-    "A preset from `asdict(preset)` (as stored in checkpoints); unknown or missing fields are an error naming `where`."
-    names = {f.name for f in fields(cls)}
-    if isinstance(d, dict) and 'conv' not in d:                    # stored before `conv` existed: the preset's form
-        d = {**d, 'conv': PRESETS[d['name']].conv if d.get('name') in PRESETS else '3d'}
-    if not isinstance(d, dict) or set(d) != names:
-        got = sorted(d) if isinstance(d, dict) else type(d).__name__
-        raise ValueError(f'{where}: not a model preset; expected the fields {sorted(names)}, got {got}')
-    return cls(**d)
-
 # %% ../nbs/07_models.ipynb #c005x1
 PRESETS = {
     'paper': Preset('paper'),
@@ -83,6 +71,18 @@ def get_preset(preset) -> Preset:
     if preset not in PRESETS:
         raise ValueError(f'unknown model preset {preset!r}; choose one of {", ".join(map(repr, PRESETS))}')
     return PRESETS[preset]
+
+# %% ../nbs/07_models.ipynb #c005fp1
+@patch(cls_method=True)
+def from_dict(cls: Preset, d: dict, where: str = 'preset'):
+    "A preset from `asdict(preset)` (as stored in checkpoints); unknown or missing fields are an error naming `where`."
+    names = {f.name for f in fields(cls)}
+    if isinstance(d, dict) and 'conv' not in d:                    # stored before `conv` existed: the preset's form
+        d = {**d, 'conv': PRESETS[d['name']].conv if d.get('name') in PRESETS else '3d'}
+    if not isinstance(d, dict) or set(d) != names:
+        got = sorted(d) if isinstance(d, dict) else type(d).__name__
+        raise ValueError(f'{where}: not a model preset; expected the fields {sorted(names)}, got {got}')
+    return cls(**d)
 
 # %% ../nbs/07_models.ipynb #c009
 def _format(x):
