@@ -6,6 +6,7 @@
 __all__ = ['video_stages', 'audio_stages', 'time_steps', 'UpstreamExpert']
 
 # %% ../nbs/15b_avsuperb.ipynb #c003
+from fastcore.basics import patch
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -53,7 +54,8 @@ class UpstreamExpert(nn.Module):
         self.eval()
 
 # %% ../nbs/15b_avsuperb.ipynb #c010
-def _preprocess_video(self: UpstreamExpert, video, fps: float) -> torch.Tensor:
+@patch
+def preprocess_video(self: UpstreamExpert, video, fps: float) -> torch.Tensor:
     "(T, C, H, W) frames at `fps`, uint8 (or float in [0, 1]) → float [3, T', crop, crop] at the encoder's frame rate."
     x = torch.as_tensor(video)
     if x.ndim != 4 or x.shape[1] not in (1, 3) or len(x) == 0:
@@ -68,7 +70,8 @@ def _preprocess_video(self: UpstreamExpert, video, fps: float) -> torch.Tensor:
     clip = torch.from_numpy(np.ascontiguousarray(frames[:, i:i + p.crop, j:j + p.crop])).permute(3, 0, 1, 2)
     return self.video_eval(clip[None])[0]
 
-def _preprocess_audio(self: UpstreamExpert, wav, sr: int) -> torch.Tensor:
+@patch
+def preprocess_audio(self: UpstreamExpert, wav, sr: int) -> torch.Tensor:
     "(channels, samples) or (samples,) float at `sr` → the log-mel [1, n_mels, samples // hop] at the encoder's rate."
     a = torch.as_tensor(wav)
     if a.ndim not in (1, 2) or not a.is_floating_point() or a.shape[-1] == 0:
@@ -77,9 +80,8 @@ def _preprocess_audio(self: UpstreamExpert, wav, sr: int) -> torch.Tensor:
     if int(sr) != self.logmel.sample_rate: a = AF.resample(a, int(sr), self.logmel.sample_rate)
     return self.logmel.spectrogram(a)[None, :, :max(1, len(a) // self.logmel.hop)]
 
-UpstreamExpert.preprocess_video, UpstreamExpert.preprocess_audio = _preprocess_video, _preprocess_audio
-
 # %% ../nbs/15b_avsuperb.ipynb #c011
+@patch
 def _batch(self: UpstreamExpert, audio: list, video: list) -> tuple[torch.Tensor, torch.Tensor, int]:
     "(video [B, 3, T, c, c], log-mel [B, 1, n_mels, L], T): every clip padded to the longest, in frames at the encoder's rate."
     p, hop, sr = self.preset, self.logmel.hop, self.logmel.sample_rate
@@ -89,7 +91,8 @@ def _batch(self: UpstreamExpert, audio: list, video: list) -> tuple[torch.Tensor
     audio = torch.stack([F.pad(m, (0, L - m.shape[-1]), value=float(np.log(self.logmel.floor))) for m in audio])
     return video, audio, T
 
-def _forward(self: UpstreamExpert, source: list) -> dict:
+@patch
+def forward(self: UpstreamExpert, source: list) -> dict:
     "[(log-mel, video), ...] as the preprocess methods give them → {video_feats, audio_feats, fusion_feats}."
     if len(source) == 0: raise ValueError('forward: an empty batch')
     audio, video = zip(*source)
@@ -101,5 +104,3 @@ def _forward(self: UpstreamExpert, source: list) -> dict:
     v = [time_steps(m.mean((3, 4)), T, D) for m in vmaps]       # over space
     a = [time_steps(m.mean(2), T, D) for m in amaps]            # over frequency
     return dict(video_feats=v, audio_feats=a, fusion_feats=[torch.cat([x, y], -1) for x, y in zip(a, v)])
-
-UpstreamExpert._batch, UpstreamExpert.forward = _batch, _forward

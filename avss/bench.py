@@ -149,6 +149,7 @@ def bench_loader(catalog_csv, preset='paper', batch=128, num_workers=8, steps=20
     return dict(preset=get_preset(preset).name, batch=batch, num_workers=num_workers, loader=True,
                 clips_per_s=batch * steps / dt, ms_per_step=1000 * dt / steps)
 
+# %% ../nbs/13_bench.ipynb #c010x1
 def bench_end_to_end(catalog_csv, preset='paper', batch=128, precision='bf16', channels_last=True, compile=False,
                      conv=None, device='cuda', num_workers=8, steps=200, warmup=20) -> dict:
     "Training clips/s with the training loader feeding the step, and the fraction of the time spent waiting for data."
@@ -278,7 +279,8 @@ def gpu_check(preset='paper', batch=128, device='cuda', budget_s: float = 420, s
     return rows
 
 # %% ../nbs/13_bench.ipynb #c015
-def main(argv=None):
+def _parser() -> argparse.ArgumentParser:
+    "The command line of `python -m avss.bench`."
     ap = argparse.ArgumentParser(prog='python -m avss.bench', description=__doc__)
     ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     ap.add_argument('--presets', nargs='+', default=None, help='(default: paper on a GPU, tiny on a CPU)')
@@ -309,6 +311,11 @@ def main(argv=None):
     ap.add_argument('--dry-run', action='store_true', help='--chunk-gpu-check at tiny sizes, to try it on a CPU')
     ap.add_argument('--doc', default='docs/benchmarks.md', help="markdown file whose section this run rewrites ('': none)")
     ap.add_argument('--out', default=None, help='write the results as JSON here')
+    return ap
+
+# %% ../nbs/13_bench.ipynb #c015x1
+def main(argv=None):
+    ap = _parser()
     a = ap.parse_args(argv)
     a.command = ' '.join(['python -m avss.bench'] + (sys.argv[1:] if argv is None else list(argv)))
     gpu = torch.device(a.device).type == 'cuda'

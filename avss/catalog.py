@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import av
+from fastcore.basics import patch
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
@@ -137,37 +138,40 @@ class Catalog:
         return (f'Catalog({len(d)} titles in {d["group_id"].nunique()} groups, '
                 f'{d["duration_s"].sum() / 3600:.2f} h; kinds: {d["kind"].value_counts().to_dict()})')
 
-    @classmethod
-    def read(cls, csv) -> 'Catalog':
-        "Read a catalog CSV; relative paths are resolved against the CSV's folder."
-        csv = Path(csv)
-        if not csv.is_file(): raise FileNotFoundError(f'catalog {csv}: no such file')
-        names = pd.read_csv(csv, nrows=0).columns
-        if 'group_id' not in names:
-            raise ValueError(f'catalog {csv}: no group_id column; a show\'s episodes share a group_id (so they stay on one '
-                             'side of the held-out split): add the column, left empty for titles that are their own group')
-        df = pd.read_csv(csv, dtype={c: str for c in names if c in _STR_COLS or _is_path(c)}, keep_default_na=False,
-                         na_values={c: [''] for c in names if c not in _STR_COLS and not _is_path(c)})
-        root = csv.resolve().parent
-        for c in filter(_is_path, df.columns):
-            df[c] = [p if not p or Path(p).is_absolute() else str(root/p) for p in df[c]]
-        try: return cls(df)
-        except ValueError as e: raise ValueError(f'catalog {csv}: {e}') from None
-
-    def write(self, csv) -> Path:
-        "Write the catalog to `csv` atomically; paths under its folder are stored relative to it."
-        csv = Path(csv)
-        root = csv.resolve().parent
-        df = self.df.copy()
-        for c in filter(_is_path, df.columns): df[c] = [_relative(p, root) for p in df[c]]
-        buf = io.StringIO()
-        df.to_csv(buf, index=False)
-        return atomic_write_text(csv, buf.getvalue())
+# %% ../nbs/01_catalog.ipynb #c011p2
+@patch
+def write(self: Catalog, csv) -> Path:
+    "Write the catalog to `csv` atomically; paths under its folder are stored relative to it."
+    csv = Path(csv)
+    root = csv.resolve().parent
+    df = self.df.copy()
+    for c in filter(_is_path, df.columns): df[c] = [_relative(p, root) for p in df[c]]
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    return atomic_write_text(csv, buf.getvalue())
 
 def _relative(p, root: Path) -> str:
     if not isinstance(p, str) or not p: return p
     q = Path(p).resolve()
     return q.relative_to(root).as_posix() if q.is_relative_to(root) else str(q)
+
+# %% ../nbs/01_catalog.ipynb #c011p1
+@patch(cls_method=True)
+def read(cls: Catalog, csv) -> 'Catalog':
+    "Read a catalog CSV; relative paths are resolved against the CSV's folder."
+    csv = Path(csv)
+    if not csv.is_file(): raise FileNotFoundError(f'catalog {csv}: no such file')
+    names = pd.read_csv(csv, nrows=0).columns
+    if 'group_id' not in names:
+        raise ValueError(f'catalog {csv}: no group_id column; a show\'s episodes share a group_id (so they stay on one '
+                         'side of the held-out split): add the column, left empty for titles that are their own group')
+    df = pd.read_csv(csv, dtype={c: str for c in names if c in _STR_COLS or _is_path(c)}, keep_default_na=False,
+                     na_values={c: [''] for c in names if c not in _STR_COLS and not _is_path(c)})
+    root = csv.resolve().parent
+    for c in filter(_is_path, df.columns):
+        df[c] = [p if not p or Path(p).is_absolute() else str(root/p) for p in df[c]]
+    try: return cls(df)
+    except ValueError as e: raise ValueError(f'catalog {csv}: {e}') from None
 
 # %% ../nbs/01_catalog.ipynb #c015
 def _find_media(paths_or_dir, exts) -> list[tuple[Path, str]]:
@@ -198,8 +202,9 @@ def _meta_lookup(meta, path: Path, title_id: str) -> dict:
         if key in meta: return dict(meta[key])
     return {}
 
-@classmethod
-def _from_media(cls, paths_or_dir, meta=None, exts=MEDIA_EXTS, check_end: bool = True, progress: bool = True,
+# %% ../nbs/01_catalog.ipynb #c015x1
+@patch(cls_method=True)
+def from_media(cls: Catalog, paths_or_dir, meta=None, exts=MEDIA_EXTS, check_end: bool = True, progress: bool = True,
                 on_error: str = 'report') -> 'Catalog':
     "Probe media files (files and folders, searched recursively) into a catalog; unreadable files go to `.rejected`."
     if on_error not in ('report', 'raise'): raise ValueError(f"on_error must be 'report' or 'raise', got {on_error!r}")
@@ -220,15 +225,14 @@ def _from_media(cls, paths_or_dir, meta=None, exts=MEDIA_EXTS, check_end: bool =
     cat.rejected = pd.DataFrame(rejected, columns=['path', 'reason'])
     return cat
 
-Catalog.from_media = _from_media
-
 # %% ../nbs/01_catalog.ipynb #c019
 def group_hash(group_id: str, seed: int = 0) -> float:
     "A uniform number in [0, 1) fixed by (seed, group_id)."
     h = hashlib.sha256(f'{int(seed)}:{group_id}'.encode()).digest()
     return int.from_bytes(h[:8], 'big') / 2**64
 
-def _split(self, heldout: float = 0.1, seed: int = 0) -> tuple['Catalog', 'Catalog']:
+@patch
+def split(self: Catalog, heldout: float = 0.1, seed: int = 0) -> tuple['Catalog', 'Catalog']:
     "(train, heldout) catalogs; a group is held out when its hash is below `heldout`."
     if not 0 <= heldout < 1: raise ValueError(f'heldout must be in [0, 1), got {heldout}')
     groups = pd.Series(self.df['group_id'].unique())
@@ -240,8 +244,6 @@ def _split(self, heldout: float = 0.1, seed: int = 0) -> tuple['Catalog', 'Catal
     mask = self.df['group_id'].isin(held).to_numpy()
     return self.subset(~mask), self.subset(mask)
 
-Catalog.split = _split
-
 # %% ../nbs/01_catalog.ipynb #c023
 def unusable_reason(row: dict, frames: int = 16, fps: float = 5.0) -> str:
     "Why a title (a catalog row) cannot be trained on: no video, no audio, no known duration, shorter than one snippet; '' when it can."
@@ -251,12 +253,11 @@ def unusable_reason(row: dict, frames: int = 16, fps: float = 5.0) -> str:
     elif d + 1e-6 < L: why.append(f'too short: {d:.2f} s < one snippet of {L:g} s')
     return '; '.join(why)
 
-def _usable(self, frames: int = 16, fps: float = 5.0) -> tuple['Catalog', pd.DataFrame]:
+@patch
+def usable(self: Catalog, frames: int = 16, fps: float = 5.0) -> tuple['Catalog', pd.DataFrame]:
     "(catalog of titles with video, audio and at least one snippet of `frames` at `fps`; report of the rest)."
     reasons = np.array([unusable_reason(r, frames, fps) for r in self.df.to_dict('records')], dtype=object)
     ok = reasons == ''
     report = pd.DataFrame({'title_id': self.df['title_id'][~ok], 'path': self.df['path'][~ok],
                            'reason': reasons[~ok]}).reset_index(drop=True)
     return self.subset(ok), report
-
-Catalog.usable = _usable

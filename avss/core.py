@@ -77,6 +77,7 @@ def _umask() -> int:
     mask = os.umask(0); os.umask(mask)
     return mask
 
+# %% ../nbs/00_core.ipynb #c014x1
 def atomic_write_text(path, text: str) -> Path:
     "Write `text` (UTF-8) to `path` atomically."
     return atomic_write_bytes(path, text.encode('utf-8'))
@@ -127,6 +128,7 @@ def annotated(check, annotation: str):
     check.annotation = annotation
     return check
 
+# %% ../nbs/00_core.ipynb #c020x1
 def is_int(lo=None, hi=None, none_ok=False):
     "Check: an integer in [lo, hi]."
     @partial(annotated, annotation='Optional[int]' if none_ok else 'int')
@@ -148,6 +150,7 @@ def is_float(lo=None, hi=None, none_ok=False, lo_open=False):
         if hi is not None and v > hi: return f'must be <= {hi}, got {v}'
     return check
 
+# %% ../nbs/00_core.ipynb #c020x2
 def is_bool():
     "Check: True or False."
     return annotated(lambda v: None if isinstance(v, (bool, np.bool_)) else f'must be True or False, got {v!r}', 'bool')
@@ -167,6 +170,7 @@ def is_resume():
     return annotated(lambda v: None if v == 'auto' or isinstance(v, bool) else f'must be True, False or "auto", got {v!r}',
                      'Union[bool, str]')
 
+# %% ../nbs/00_core.ipynb #c020x3
 def validate_params(given: dict, spec: dict[str, Param], where: str = 'parameters') -> dict:
     "Defaults of `spec` updated with `given`; unknown names or failed checks raise `ParamError` naming them."
     unknown = [k for k in given if k not in spec]
@@ -183,6 +187,7 @@ def validate_params(given: dict, spec: dict[str, Param], where: str = 'parameter
         raise ParamError(f'invalid {where}:\n  ' + '\n  '.join(errors) + f'\nknown parameters: {", ".join(spec)}')
     return params
 
+# %% ../nbs/00_core.ipynb #c020x4
 def parameters_source(spec: dict[str, Param]) -> str:
     """The parameters cell of a run notebook for `spec`: one annotated line per parameter, its doc as the comment
     (what `papermill --help-notebook` shows; the notebook imports `Optional` and `Union` from typing)."""

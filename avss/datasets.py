@@ -11,6 +11,7 @@ import logging
 import os
 from collections import OrderedDict
 
+from fastcore.basics import patch
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -74,112 +75,127 @@ class SnippetDataset(Dataset):
             _INHERITED.append(self._readers)
             self._readers, self._mels, self._pid = OrderedDict(), OrderedDict(), os.getpid()
 
-    def key(self, i) -> tuple[int, int, int | None]:
-        "(n, m, seed) of an index given as (n, m), (n, m, seed) or a flat integer."
-        if isinstance(i, (tuple, list)):
-            if len(i) not in (2, 3): raise ValueError(f'index must be (n, m) or (n, m, seed), got {i!r}')
-            return int(i[0]), int(i[1]), (int(i[2]) if len(i) == 3 and i[2] is not None else None)
-        i = int(i)
-        if not 0 <= i < len(self): raise IndexError(f'snippet {i} out of range ({len(self)} snippets)')
-        n = int(np.searchsorted(self._offsets, i, side='right') - 1)
-        return n, i - int(self._offsets[n]), None
-
-    def __getitem__(self, i) -> dict:
-        n, m, seed = self.key(i)
-        if not self.substitute: return self._item(n, m, seed)
-        failures = []
-        while True:
-            if n in self.broken: n, m = substitute(n, m, self.broken, self.grid.counts)
-            try:
-                item = self._item(n, m, seed)
-                break
-            except SnippetReadError as e:
-                self.broken.add(n)
-                failures.append(dict(title=n, file=e.path, reason=e.reason))
-        item['failed'] = json.dumps(failures) if failures else ''
-        return item
-
-    def _item(self, n: int, m: int, seed: int | None) -> dict:
-        "Snippet m of title n, or another snippet of the title when it fails; SnippetReadError when the title fails."
-        rng = np.random.default_rng([seed, KEY_CROP]) if seed is not None else None
-        tried, M = [], self.grid.count(n)
-        while True:
-            try:
-                item = self.read(n, m, rng)
-                break
-            except _READ_ERRORS as e:
-                self.failures += 1
-                tried.append(m)
-                start = m * self.grid.snippet_s
-                left = [k for k in range(M) if k not in tried]
-                if len(tried) > self.retries or not left:
-                    raise SnippetReadError(getattr(e, 'path', self.paths[n]), f'{len(tried)} snippets of title {n} failed '
-                                           f'to decode (last at {start:.2f} s: {getattr(e, "reason", e)})') from None
-                r = rng if rng is not None else np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
-                new = int(r.choice(left))
-                log.warning('%s at %.2f s (title %d, snippet %d) failed to decode: %s; using snippet %d instead',
-                            self.paths[n], start, n, m, e, new)
-                m = new
-        item.update(title=n, index=m)
-        if seed is not None: item['seed'] = seed
-        return item
-
-    def read(self, n: int, m: int, rng=None) -> dict:
-        "The item of snippet m of title n (no replacement on failure)."
-        start = self.grid.start(n, m)
-        try:
-            reader = self._reader(self.paths[n], prepared=self.fast_prepared and bool(self.mel_paths[n]))
-            video = self._crop(reader.video(start, self.grid.frames, self.grid.fps), rng)
-            audio = None if self.mel_paths[n] else torch.from_numpy(reader.audio(start, self.grid.snippet_s, self.sample_rate))
-        except _READ_ERRORS as e: raise SnippetReadError(self.paths[n], e) from None
-        if self.mel_paths[n]:
-            try: mel = self._read_mel(self.mel_paths[n], start)
-            except _READ_ERRORS as e: raise SnippetReadError(self.mel_paths[n], e) from None
-            return {'video': video, 'mel': torch.from_numpy(mel)}
-        if self.form == 'mel':                        # a source title among prepared ones: its log-mel here
-            if self._logmel is None: self._logmel = LogMel(**self.logmel_kw)
-            return {'video': video, 'mel': self._logmel(audio[None])[0]}
-        return {'video': video, 'audio': audio}
-
-    def _read_mel(self, path, start: float) -> np.ndarray:
-        "The log-mel slice of a prepared title from `start` seconds; ValueError when it holds NaN or infinity."
-        hop, frames = self.logmel_kw.get('hop', 512), self.logmel_kw.get('frames', 300)
-        first = int(round(start * self.sample_rate / hop))
-        mel = read_mel(self._mel(path), first, frames)
-        if not np.isfinite(mel).all(): raise ValueError(f'non-finite values in the log-mel (frames {first} to {first + frames})')
-        return mel
-
-    def _crop(self, x: np.ndarray, rng) -> torch.Tensor:
-        "uint8 [T, H, W, 3] → [3, T, crop, crop]: a random crop when training, the central one otherwise."
-        H, W, c = x.shape[1], x.shape[2], self.crop
-        if H < c or W < c: raise ValueError(f'frames of {H}x{W} are smaller than the crop {c}')
-        if self.train:
-            u = rng.random(2) if rng is not None else torch.rand(2, dtype=torch.float64).numpy()
-            i, j = int(u[0] * (H - c + 1)), int(u[1] * (W - c + 1))
-        else: i, j = (H - c) // 2, (W - c) // 2
-        return torch.from_numpy(np.ascontiguousarray(x[:, i:i + c, j:j + c].transpose(3, 0, 1, 2)))
-
-    def _reader(self, path, prepared: bool = False) -> MediaReader:
-        self._own_readers()
-        if path in self._readers: self._readers.move_to_end(path)
-        else:
-            self._readers[path] = MediaReader(path, self.short_side, self.num_threads, prepared)
-            while len(self._readers) > self.cache: self._readers.popitem(last=False)[1].close()
-        return self._readers[path]
-
-    def close(self):
-        "Close this process's open readers (decord keeps decoding threads busy while a reader is open)."
-        self._own_readers()
-        while self._readers: self._readers.popitem()[1].close()
-
-    def _mel(self, path) -> np.ndarray:
-        self._own_readers()
-        if path not in self._mels:
-            if self._logmel is None: self._logmel = LogMel(**self.logmel_kw)
-            self._mels[path] = open_mel(path, expect=self._logmel.params)
-            while len(self._mels) > 4 * self.cache: self._mels.popitem(last=False)
-        return self._mels[path]
-
     def __repr__(self):
         return (f'SnippetDataset({len(self.catalog)} titles, {len(self)} snippets, {self.form}, '
                 f'{"train" if self.train else "eval"}, short side {self.short_side}, crop {self.crop})')
+
+# %% ../nbs/06_datasets.ipynb #c007p1
+@patch
+def key(self: SnippetDataset, i) -> tuple[int, int, int | None]:
+    "(n, m, seed) of an index given as (n, m), (n, m, seed) or a flat integer."
+    if isinstance(i, (tuple, list)):
+        if len(i) not in (2, 3): raise ValueError(f'index must be (n, m) or (n, m, seed), got {i!r}')
+        return int(i[0]), int(i[1]), (int(i[2]) if len(i) == 3 and i[2] is not None else None)
+    i = int(i)
+    if not 0 <= i < len(self): raise IndexError(f'snippet {i} out of range ({len(self)} snippets)')
+    n = int(np.searchsorted(self._offsets, i, side='right') - 1)
+    return n, i - int(self._offsets[n]), None
+
+# %% ../nbs/06_datasets.ipynb #c007p2
+@patch
+def __getitem__(self: SnippetDataset, i) -> dict:
+    n, m, seed = self.key(i)
+    if not self.substitute: return self._item(n, m, seed)
+    failures = []
+    while True:
+        if n in self.broken: n, m = substitute(n, m, self.broken, self.grid.counts)
+        try:
+            item = self._item(n, m, seed)
+            break
+        except SnippetReadError as e:
+            self.broken.add(n)
+            failures.append(dict(title=n, file=e.path, reason=e.reason))
+    item['failed'] = json.dumps(failures) if failures else ''
+    return item
+
+# %% ../nbs/06_datasets.ipynb #c007p3
+@patch
+def _item(self: SnippetDataset, n: int, m: int, seed: int | None) -> dict:
+    "Snippet m of title n, or another snippet of the title when it fails; SnippetReadError when the title fails."
+    rng = np.random.default_rng([seed, KEY_CROP]) if seed is not None else None
+    tried, M = [], self.grid.count(n)
+    while True:
+        try:
+            item = self.read(n, m, rng)
+            break
+        except _READ_ERRORS as e:
+            self.failures += 1
+            tried.append(m)
+            start = m * self.grid.snippet_s
+            left = [k for k in range(M) if k not in tried]
+            if len(tried) > self.retries or not left:
+                raise SnippetReadError(getattr(e, 'path', self.paths[n]), f'{len(tried)} snippets of title {n} failed '
+                                       f'to decode (last at {start:.2f} s: {getattr(e, "reason", e)})') from None
+            r = rng if rng is not None else np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+            new = int(r.choice(left))
+            log.warning('%s at %.2f s (title %d, snippet %d) failed to decode: %s; using snippet %d instead',
+                        self.paths[n], start, n, m, e, new)
+            m = new
+    item.update(title=n, index=m)
+    if seed is not None: item['seed'] = seed
+    return item
+
+# %% ../nbs/06_datasets.ipynb #c007p4
+@patch
+def read(self: SnippetDataset, n: int, m: int, rng=None) -> dict:
+    "The item of snippet m of title n (no replacement on failure)."
+    start = self.grid.start(n, m)
+    try:
+        reader = self._reader(self.paths[n], prepared=self.fast_prepared and bool(self.mel_paths[n]))
+        video = self._crop(reader.video(start, self.grid.frames, self.grid.fps), rng)
+        audio = None if self.mel_paths[n] else torch.from_numpy(reader.audio(start, self.grid.snippet_s, self.sample_rate))
+    except _READ_ERRORS as e: raise SnippetReadError(self.paths[n], e) from None
+    if self.mel_paths[n]:
+        try: mel = self._read_mel(self.mel_paths[n], start)
+        except _READ_ERRORS as e: raise SnippetReadError(self.mel_paths[n], e) from None
+        return {'video': video, 'mel': torch.from_numpy(mel)}
+    if self.form == 'mel':                        # a source title among prepared ones: its log-mel here
+        if self._logmel is None: self._logmel = LogMel(**self.logmel_kw)
+        return {'video': video, 'mel': self._logmel(audio[None])[0]}
+    return {'video': video, 'audio': audio}
+
+@patch
+def _read_mel(self: SnippetDataset, path, start: float) -> np.ndarray:
+    "The log-mel slice of a prepared title from `start` seconds; ValueError when it holds NaN or infinity."
+    hop, frames = self.logmel_kw.get('hop', 512), self.logmel_kw.get('frames', 300)
+    first = int(round(start * self.sample_rate / hop))
+    mel = read_mel(self._mel(path), first, frames)
+    if not np.isfinite(mel).all(): raise ValueError(f'non-finite values in the log-mel (frames {first} to {first + frames})')
+    return mel
+
+# %% ../nbs/06_datasets.ipynb #c007p5
+@patch
+def _crop(self: SnippetDataset, x: np.ndarray, rng) -> torch.Tensor:
+    "uint8 [T, H, W, 3] → [3, T, crop, crop]: a random crop when training, the central one otherwise."
+    H, W, c = x.shape[1], x.shape[2], self.crop
+    if H < c or W < c: raise ValueError(f'frames of {H}x{W} are smaller than the crop {c}')
+    if self.train:
+        u = rng.random(2) if rng is not None else torch.rand(2, dtype=torch.float64).numpy()
+        i, j = int(u[0] * (H - c + 1)), int(u[1] * (W - c + 1))
+    else: i, j = (H - c) // 2, (W - c) // 2
+    return torch.from_numpy(np.ascontiguousarray(x[:, i:i + c, j:j + c].transpose(3, 0, 1, 2)))
+
+# %% ../nbs/06_datasets.ipynb #c007p6
+@patch
+def _reader(self: SnippetDataset, path, prepared: bool = False) -> MediaReader:
+    self._own_readers()
+    if path in self._readers: self._readers.move_to_end(path)
+    else:
+        self._readers[path] = MediaReader(path, self.short_side, self.num_threads, prepared)
+        while len(self._readers) > self.cache: self._readers.popitem(last=False)[1].close()
+    return self._readers[path]
+
+@patch
+def close(self: SnippetDataset):
+    "Close this process's open readers (decord keeps decoding threads busy while a reader is open)."
+    self._own_readers()
+    while self._readers: self._readers.popitem()[1].close()
+
+@patch
+def _mel(self: SnippetDataset, path) -> np.ndarray:
+    self._own_readers()
+    if path not in self._mels:
+        if self._logmel is None: self._logmel = LogMel(**self.logmel_kw)
+        self._mels[path] = open_mel(path, expect=self._logmel.params)
+        while len(self._mels) > 4 * self.cache: self._mels.popitem(last=False)
+    return self._mels[path]

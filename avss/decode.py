@@ -16,6 +16,7 @@ from math import gcd
 from pathlib import Path
 
 import av
+from fastcore.basics import patch
 import numpy as np
 import torch
 import torchaudio.functional as AF
@@ -238,7 +239,8 @@ class PyAVReader(Reader):
     def close(self): self.container.close()
 
 # %% ../nbs/03_decode.ipynb #c055
-def _decode(self: PyAVReader, key_pts, want: list[int]) -> tuple[dict, int | None, av.VideoFrame | None]:
+@patch
+def decode(self: PyAVReader, key_pts, want: list[int]) -> tuple[dict, int | None, av.VideoFrame | None]:
     "Frames `want` (sorted indices), decoding from the keyframe at `key_pts`: ({index: RGB}, first index, last frame)."
     self.container.seek(int(key_pts), stream=self.stream, backward=True)
     got, todo, first, last = {}, list(want), None, None
@@ -252,7 +254,8 @@ def _decode(self: PyAVReader, key_pts, want: list[int]) -> tuple[dict, int | Non
             if not todo: break
     return got, first, last
 
-def _in_order(self: PyAVReader, frames: int = 8) -> bool:
+@patch
+def in_order(self: PyAVReader, frames: int = 8) -> bool:
     "Whether the first `frames` decoded frames are consecutive frames of the index (with packed B-frames they are not)."
     if not len(self.pts): return True
     rows = []
@@ -263,8 +266,6 @@ def _in_order(self: PyAVReader, frames: int = 8) -> bool:
             if len(rows) == frames: break
     except (av.error.FFmpegError, ValueError): return False
     return bool(rows) and rows[0] is not None and rows == list(range(rows[0], rows[0] + len(rows)))
-
-PyAVReader.decode, PyAVReader.in_order = _decode, _in_order
 
 SOURCE_READER = DecordReader if decord is not None else PyAVReader      # this installation's source-file reader
 
@@ -364,7 +365,8 @@ class AudioReader(Reader):
     def close(self): self.container.close()
 
 # %% ../nbs/03_decode.ipynb #c044
-def _span(self: AudioReader, a: int, b: int, start: float = 0.0) -> np.ndarray:
+@patch
+def span(self: AudioReader, a: int, b: int, start: float = 0.0) -> np.ndarray:
     "Mono samples [a, b) at the source rate (sample 0 at the clock's origin), zeros outside the track."
     sr, tb, out = self.rate, self.stream.time_base, np.zeros(b - a, np.float32)
     seek_s = a / sr - 0.25                             # early enough for the codec's pre-roll after a seek
@@ -386,8 +388,6 @@ def _span(self: AudioReader, a: int, b: int, start: float = 0.0) -> np.ndarray:
     except (av.error.FFmpegError, ValueError) as e:
         raise DecodeError(f'{self.path} at {start:.2f} s: audio decode failed ({e})') from None
     return out
-
-AudioReader.span = _span
 
 # %% ../nbs/03_decode.ipynb #c046
 class MediaReader(Reader):

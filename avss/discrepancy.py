@@ -66,6 +66,7 @@ def heldout_dataset(data, preset=None):
     grid = SnippetGrid(data, frames=sizes['frames'], fps=sizes['fps'])
     return SnippetDataset(data, grid, train=False, short_side=sizes['short_side'], crop=sizes['crop'])
 
+# %% ../nbs/10_discrepancy.ipynb #c009x1
 def _grid(dataset):
     grid = getattr(dataset, 'grid', None)
     if grid is None: raise ValueError(f'{type(dataset).__name__} has no `grid`: pass the snippets to embed as items=[(n, m), ...]')
@@ -91,6 +92,7 @@ def unreadable_titles(dataset, items, tries: int = 3) -> dict[int, dict]:
         else: bad[n] = dict(title_id=_title_id(dataset, n), file=error.path, reason=error.reason)
     return bad
 
+# %% ../nbs/10_discrepancy.ipynb #c009x2
 def embed(model, data, items=None, preset=None, snippets_per_title: int = 16, titles=None, seed: int = 0,
           batch_size: int = 32, device=None, num_workers: int = 0, precision: str = 'auto', progress: bool = False,
           unreadable: list | None = None):

@@ -45,6 +45,7 @@ class VideoProtocol:
         if errors: raise ValueError('video protocol: ' + '; '.join(errors))
         return self
 
+# %% ../nbs/11a_downstream_data.ipynb #c006x1
 @dataclass(frozen=True)
 class AudioProtocol:
     "Clip sizes of audio fine-tuning (one random clip) and testing (evenly spaced clips)."
@@ -130,6 +131,7 @@ class ClipDataset(Dataset):
         return (f'{type(self).__name__}({len(self)} {"training" if self.train else "test"} files, '
                 f'{len(self.classes)} classes, sampling={self.sampling!r})')
 
+# %% ../nbs/11a_downstream_data.ipynb #c015x1
 class VideoClips(ClipDataset):
     "Video files: random clips with scale jitter and a random crop, or clips x crops test views."
     modality, default_protocol = 'video', VideoProtocol()
@@ -148,6 +150,7 @@ class VideoClips(ClipDataset):
             x = r.video(0.0, grid_frames(r.timestamps, p.fps), p.fps)
         return video_views(x, p.frames, p.clips, p.crop, p.crops)
 
+# %% ../nbs/11a_downstream_data.ipynb #c015x2
 def read_audio(path, sample_rate: int = 48000) -> np.ndarray:
     "The whole audio track of `path`, mono at `sample_rate`, as stored (trailing silence kept)."
     return np.concatenate(list(iter_audio(path, sample_rate)))
@@ -196,6 +199,7 @@ def _checked(samples: list, listed_in: list, check: bool) -> list:
 def _check_split(split, n, what='split'):
     if isinstance(split, bool) or split not in range(1, n + 1): raise ValueError(f'{what} must be 1 to {n}, got {split!r}')
 
+# %% ../nbs/11a_downstream_data.ipynb #c017x1
 def ucf101_split(root, split: int = 1, train: bool = True, check: bool = True) -> tuple[list, list]:
     "(samples [(path, label)], classes) of UCF101 split `split` from `root`/ucfTrainTestlist."
     _check_split(split, 3)
@@ -213,6 +217,7 @@ def ucf101_split(root, split: int = 1, train: bool = True, check: bool = True) -
         samples.append((root/'UCF-101'/rel, index[cls]))
     return _checked(samples, [f] * len(samples), check), classes
 
+# %% ../nbs/11a_downstream_data.ipynb #c017x2
 HMDB_SPLITS = 'testTrainMulti_7030_splits'
 
 def hmdb51_split(root, split: int = 1, train: bool = True, check: bool = True, video_root=None) -> tuple[list, list]:
@@ -231,6 +236,7 @@ def hmdb51_split(root, split: int = 1, train: bool = True, check: bool = True, v
             if parts[1] == ('1' if train else '2'): samples.append((videos/cls/parts[0], label)); listed.append(f)
     return _checked(samples, listed, check), classes
 
+# %% ../nbs/11a_downstream_data.ipynb #c017x3
 ESC_COLUMNS = ['filename', 'fold', 'target', 'category', 'esc10', 'src_file', 'take']
 
 def esc50_split(root, fold: int = 1, train: bool = True, esc10: bool = False, check: bool = True) -> tuple[list, list]:

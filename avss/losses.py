@@ -70,6 +70,7 @@ def _use_distributed(distributed, group) -> bool:
         raise RuntimeError('nce_loss: distributed=True but no torch.distributed process group is initialised')
     return bool(distributed)
 
+# %% ../nbs/08_losses.ipynb #c011x1
 def nce_loss(z_v, z_a, normalize: bool = False, tau: float | None = None, step: int | None = None,
              distributed: bool | None = None, group=None, check_finite: bool = True):
     """Eq. 1: one softmax over 2B-1 logits per sample, averaged over the batch. `distributed=None` gathers candidates

@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from fastcore.basics import patch
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,17 +58,7 @@ class Preset:
     def video_shape(self, batch: int = 1) -> tuple: return (batch, 3, self.frames, self.crop, self.crop)
     def audio_shape(self, batch: int = 1) -> tuple: return (batch, 1, self.n_mels, self.audio_frames)
 
-    @classmethod
-    def from_dict(cls, d: dict, where: str = 'preset'):
-        "A preset from `asdict(preset)` (as stored in checkpoints); unknown or missing fields are an error naming `where`."
-        names = {f.name for f in fields(cls)}
-        if isinstance(d, dict) and 'conv' not in d:                    # stored before `conv` existed: the preset's form
-            d = {**d, 'conv': PRESETS[d['name']].conv if d.get('name') in PRESETS else '3d'}
-        if not isinstance(d, dict) or set(d) != names:
-            got = sorted(d) if isinstance(d, dict) else type(d).__name__
-            raise ValueError(f'{where}: not a model preset; expected the fields {sorted(names)}, got {got}')
-        return cls(**d)
-
+# %% ../nbs/07_models.ipynb #c005x1
 PRESETS = {
     'paper': Preset('paper'),
     'tiny': Preset('tiny', video_widths=(4, 8, 16, 32), video_stem=3, audio_widths=(4, 8, 16, 32),
@@ -80,6 +71,18 @@ def get_preset(preset) -> Preset:
     if preset not in PRESETS:
         raise ValueError(f'unknown model preset {preset!r}; choose one of {", ".join(map(repr, PRESETS))}')
     return PRESETS[preset]
+
+# %% ../nbs/07_models.ipynb #c005fp1
+@patch(cls_method=True)
+def from_dict(cls: Preset, d: dict, where: str = 'preset'):
+    "A preset from `asdict(preset)` (as stored in checkpoints); unknown or missing fields are an error naming `where`."
+    names = {f.name for f in fields(cls)}
+    if isinstance(d, dict) and 'conv' not in d:                    # stored before `conv` existed: the preset's form
+        d = {**d, 'conv': PRESETS[d['name']].conv if d.get('name') in PRESETS else '3d'}
+    if not isinstance(d, dict) or set(d) != names:
+        got = sorted(d) if isinstance(d, dict) else type(d).__name__
+        raise ValueError(f'{where}: not a model preset; expected the fields {sorted(names)}, got {got}')
+    return cls(**d)
 
 # %% ../nbs/07_models.ipynb #c009
 def _format(x):
@@ -182,6 +185,7 @@ def _init(module):
         elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
             nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
 
+# %% ../nbs/07_models.ipynb #c019x1
 class _Net(nn.Module):
     "Shared by encoders and heads: an input check and an opt-in channels-last memory format."
     spatial_dims = 2
@@ -202,6 +206,7 @@ class _Net(nn.Module):
                              f'with {channels} channel(s), got {tuple(x.shape)}')
         return x.contiguous(memory_format=self.memory_format)
 
+# %% ../nbs/07_models.ipynb #c019x2
 class VideoEncoder(_Net):
     "f: R(2+1)D-18 up to layer4. [B, 3, T, H, W] -> [B, C, T/8, H/16, W/16] (C = `out_channels`)."
     spatial_dims = 3
@@ -224,6 +229,7 @@ class VideoEncoder(_Net):
         x = self.stem(self._input(x, 3, 'video'))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))  # [B, C, T', H', W']
 
+# %% ../nbs/07_models.ipynb #c019x3
 class AudioEncoder(_Net):
     "g: ResNet-18 with a 1-channel stem, up to layer4. [B, 1, F, T] -> [B, C, F/32, T/32] (C = `out_channels`)."
     def __init__(self, preset='paper'):
@@ -381,6 +387,7 @@ def _load_state(module, state, path, what):
         raise ValueError(f'{path}: the {what} weights do not fit the preset {module.preset.name!r}: {e}') from None
     return module
 
+# %% ../nbs/07_models.ipynb #c048x1
 def load_encoders(path) -> tuple[VideoEncoder, AudioEncoder, dict]:
     "(f, g, meta) from an encoder checkpoint written by `save_encoders`, or from a training checkpoint (model + preset)."
     ckpt = _read(path)
@@ -398,6 +405,7 @@ def load_encoders(path) -> tuple[VideoEncoder, AudioEncoder, dict]:
     return (_load_state(VideoEncoder(preset), video, path, 'video encoder'),
             _load_state(AudioEncoder(preset), audio, path, 'audio encoder'), meta)
 
+# %% ../nbs/07_models.ipynb #c048x2
 def load_heads(path) -> tuple[ProjectionHead, ProjectionHead] | None:
     "The projection heads (h_f, h_g) of an encoder checkpoint that holds them (written since heads were kept), else None."
     ckpt = _read(path)
@@ -492,18 +500,17 @@ def load_pretrained(folder, part: str = 'model') -> nn.Module:
     prefix, what = _PARTS[part]
     return _load_state(module, _pretrained_weights(d, prefix), d/WEIGHTS_NAME, what).eval()
 
-def _model_from_pretrained(cls, folder) -> AVModel:
+@patch(cls_method=True)
+def from_pretrained(cls: AVModel, folder) -> AVModel:
     "f, g and the heads h_f, h_g of a pretrained folder (`save_pretrained`, `avss export`), in eval mode."
     return load_pretrained(folder, 'model')
 
-def _video_from_pretrained(cls, folder) -> VideoEncoder:
+@patch(cls_method=True)
+def from_pretrained(cls: VideoEncoder, folder) -> VideoEncoder:
     "The video encoder f of a pretrained folder, in eval mode."
     return load_pretrained(folder, 'video')
 
-def _audio_from_pretrained(cls, folder) -> AudioEncoder:
+@patch(cls_method=True)
+def from_pretrained(cls: AudioEncoder, folder) -> AudioEncoder:
     "The audio encoder g of a pretrained folder, in eval mode."
     return load_pretrained(folder, 'audio')
-
-AVModel.from_pretrained = classmethod(_model_from_pretrained)
-VideoEncoder.from_pretrained = classmethod(_video_from_pretrained)
-AudioEncoder.from_pretrained = classmethod(_audio_from_pretrained)

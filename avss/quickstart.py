@@ -87,6 +87,7 @@ class MetricsFollower:
 class QuickstartStopped(Exception):
     "The runs were stopped (Ctrl-C, SIGTERM) after writing their checkpoints; running the quickstart again continues them."
 
+# %% ../nbs/17_quickstart.ipynb #c012r1
 def run_together(params: list[PretrainConfig], log_dir, progress: bool = True, poll_s: float = 1.0) -> list[Path]:
     "Pretrain every `params` at once, each in its own single-threaded process, with a progress bar per run; the run dirs."
     log_dir = Path(log_dir); log_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +125,12 @@ def run_together(params: list[PretrainConfig], log_dir, progress: bool = True, p
             try: pr.wait(timeout=120)
             except subprocess.TimeoutExpired: pr.kill(); pr.wait()
         for bar in bars: bar.close()
+    _raise_if_ended(params, procs, log_dir, interrupted)
+    return runs
+
+# %% ../nbs/17_quickstart.ipynb #c012x1
+def _raise_if_ended(params: list, procs: list, log_dir: Path, interrupted: bool):
+    "Raise when a run failed (the end of its log) or the runs were stopped before the end (`QuickstartStopped`)."
     failed = [(cfg, pr.returncode) for cfg, pr in zip(params, procs) if pr.returncode not in (0, STOPPED_EXIT, -signal.SIGTERM)]
     if failed:
         cfg, code = failed[0]
@@ -133,7 +140,6 @@ def run_together(params: list[PretrainConfig], log_dir, progress: bool = True, p
     if interrupted or any(pr.returncode != 0 for pr in procs):
         raise QuickstartStopped(f'stopped; the runs in {log_dir} kept their checkpoints: run the quickstart again to '
                                 'continue them')
-    return runs
 
 # %% ../nbs/17_quickstart.ipynb #c014
 def effect_table(summaries: dict) -> pd.DataFrame:
@@ -176,6 +182,7 @@ COLOURS = {1: '#8c8c8c', 16: '#d62728'}
 
 def _r1(h: dict) -> float: return (h['r1_within_a2v'] + h['r1_within_v2a']) / 2
 
+# %% ../nbs/17_quickstart.ipynb #c017x1
 def plot_effect(runs: dict, table: pd.DataFrame | None = None):
     "The figure of `runs` ({k: run dir}): held-out within-title Recall@1 against chance, during training, and the loss curves."
     import matplotlib.pyplot as plt
@@ -215,6 +222,7 @@ def plot_effect(runs: dict, table: pd.DataFrame | None = None):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/17_quickstart.ipynb #c017x2
 def save_figure(fig, path) -> Path:
     "`fig` as a PNG at `path`, written atomically."
     buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=110)
@@ -238,6 +246,7 @@ def default_quickstart_dir(seed: int = 0) -> Path:
     "runs/quickstart/ for seed 0, runs/quickstart-s<seed>/ for another."
     return default_runs_dir()/('quickstart' if seed == 0 else f'quickstart-s{seed}')
 
+# %% ../nbs/17_quickstart.ipynb #c020x1
 def quickstart(seed: int = 0, runs_dir=None, data_root=None, corpus: dict | None = None, ks=QUICKSTART_K,
                progress: bool = True, **overrides) -> pd.DataFrame:
     "Make the corpus, pretrain k = 1 and k = 16 at once (same seed, steps, batch), print the table, write effect.png and .md."

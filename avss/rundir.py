@@ -26,6 +26,7 @@ import threading
 import time
 from pathlib import Path
 
+from fastcore.basics import patch
 import numpy as np
 import torch
 
@@ -145,36 +146,39 @@ def slurm_job_id() -> str | None:
     array, task = os.environ.get('SLURM_ARRAY_JOB_ID'), os.environ.get('SLURM_ARRAY_TASK_ID')
     return f'{array}_{task}' if array and task else os.environ.get('SLURM_JOB_ID')
 
+# %% ../nbs/00a_rundir.ipynb #c018x1
 class RunLock:
     "An exclusive lock on `run_dir/.lock`, naming its holder; released by `release` or when the process ends."
     def __init__(self, run_dir):
         self.run_dir = Path(run_dir).resolve()
         self.path, self.fd = self.run_dir/'.lock', None
 
-    def acquire(self) -> 'RunLock':
-        if str(self.path) in _HELD: raise RunLockedError(f'run {self.run_dir} is already open in this process')
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EACCES, errno.EAGAIN):       # the file system refuses locks (Lustre without flock)
-                os.close(fd)
-                raise OSError(e.errno, f'cannot lock {self.path}: {e.strerror}; keep runs_dir on a file system with POSIX locks '
-                                       '(docs/DESIGN.md, "Run locks on cluster file systems")') from None
-            holder = os.pread(fd, 4096, 0).decode(errors='replace')
-            os.close(fd)
-            raise RunLockedError(f'run {self.run_dir} is in use by {_describe(holder)}; a run has one writer at a time: '
-                                 'wait for it to end, stop it, or choose another run_name') from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), since=time.strftime('%Y-%m-%d %H:%M:%S'),
-                                      job=slurm_job_id())).encode(), 0)
-        self.fd, _HELD[str(self.path)] = fd, self
-        return self
-
     def release(self):
         if self.fd is None: return
         _HELD.pop(str(self.path), None)
         os.close(self.fd)                     # closing the descriptor drops the record lock
         self.fd = None
+
+# %% ../nbs/00a_rundir.ipynb #c018ap1
+@patch
+def acquire(self: RunLock) -> 'RunLock':
+    if str(self.path) in _HELD: raise RunLockedError(f'run {self.run_dir} is already open in this process')
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EAGAIN):       # the file system refuses locks (Lustre without flock)
+            os.close(fd)
+            raise OSError(e.errno, f'cannot lock {self.path}: {e.strerror}; keep runs_dir on a file system with POSIX locks '
+                                   '(docs/DESIGN.md, "Run locks on cluster file systems")') from None
+        holder = os.pread(fd, 4096, 0).decode(errors='replace')
+        os.close(fd)
+        raise RunLockedError(f'run {self.run_dir} is in use by {_describe(holder)}; a run has one writer at a time: '
+                             'wait for it to end, stop it, or choose another run_name') from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), since=time.strftime('%Y-%m-%d %H:%M:%S'),
+                                  job=slurm_job_id())).encode(), 0)
+    self.fd, _HELD[str(self.path)] = fd, self
+    return self
 
 def _describe(holder: str) -> str:
     try: h = json.loads(holder)
@@ -276,8 +280,9 @@ def _check_name(name: str):
 def _changed(old: dict, new: dict, may_change) -> list[str]:
     return sorted(k for k in new if k not in may_change and k in old and old[k] != new[k])
 
-@classmethod
-def _open(cls, runs_dir, name: str, params: dict, resume='auto', may_change=frozenset()) -> 'RunDir':
+# %% ../nbs/00a_rundir.ipynb #c025x1
+@patch(cls_method=True)
+def open(cls: RunDir, runs_dir, name: str, params: dict, resume='auto', may_change=frozenset()) -> 'RunDir':
     "Create, continue or refuse `runs_dir/name`, take its lock and write params.json (see above)."
     _check_name(name)
     path = Path(runs_dir)/name
@@ -297,19 +302,19 @@ def _open(cls, runs_dir, name: str, params: dict, resume='auto', may_change=froz
     except BaseException:
         rd.close(); raise
     return rd
-RunDir.open = _open
 
-def _remove_temp_files(self):
+@patch
+def _remove_temp_files(self: RunDir):
     "Temporary files of atomic writes that an interrupted process left behind."
     for d in (self.path, self.checkpoints):
         for tmp in d.glob('.*.tmp'): tmp.unlink(missing_ok=True)
-RunDir._remove_temp_files = _remove_temp_files
 
 # %% ../nbs/00a_rundir.ipynb #c028
 class NonFiniteCheckpointError(FloatingPointError):
     "A checkpoint that would hold NaN or infinity; nothing was written."
 
-def _save_checkpoint(self, state: dict, keep: bool = False) -> Path:
+@patch
+def save_checkpoint(self: RunDir, state: dict, keep: bool = False) -> Path:
     "Write checkpoints/last.pt (and step_<step>.pt when `keep`) atomically; refuses non-finite or non-plain states."
     bad = nonfinite_tensors(state)
     if bad:
@@ -321,9 +326,10 @@ def _save_checkpoint(self, state: dict, keep: bool = False) -> Path:
     last = atomic_write_bytes(self.checkpoints/'last.pt', buf.getvalue())
     if keep: atomic_write_bytes(self.checkpoints/f'step_{state["step"]:07d}.pt', buf.getvalue())
     return last
-RunDir.save_checkpoint = _save_checkpoint
 
-def _load_latest(self, log=print) -> tuple[dict | None, Path | None]:
+# %% ../nbs/00a_rundir.ipynb #c028x1
+@patch
+def load_latest(self: RunDir, log=print) -> tuple[dict | None, Path | None]:
     "(state, path) of the newest readable checkpoint: last.pt, else the kept ones newest first; (None, None) without any."
     candidates = [p for p in [self.checkpoints/'last.pt', *sorted(self.checkpoints.glob('step_*.pt'), reverse=True)] if p.exists()]
     problems = []
@@ -338,26 +344,25 @@ def _load_latest(self, log=print) -> tuple[dict | None, Path | None]:
         raise CheckpointError(f'no readable checkpoint in {self.checkpoints}:\n  ' + '\n  '.join(problems)
                               + f'\ndelete {self.checkpoints} to start this run again from step 0')
     return None, None
-RunDir.load_latest = _load_latest
 
 # %% ../nbs/00a_rundir.ipynb #c031
-def _quarantined(self) -> list[dict]:
+@patch
+def quarantined(self: RunDir) -> list[dict]:
     "The records of quarantine.jsonl (title_id, file, reason, step)."
     p = self.path/'quarantine.jsonl'
     return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
-RunDir.quarantined = _quarantined
 
-def _quarantine_title(self, title_id: str, file: str, reason: str, step: int) -> dict:
+@patch
+def quarantine_title(self: RunDir, title_id: str, file: str, reason: str, step: int) -> dict:
     "Record a broken title (appended and synced at once)."
     rec = dict(title_id=title_id, file=file, reason=reason, step=step)
     with open(self.path/'quarantine.jsonl', 'a') as f:
         f.write(json.dumps(rec) + '\n'); f.flush(); os.fsync(f.fileno())
     return rec
-RunDir.quarantine_title = _quarantine_title
 
-def _write_summary(self, summary: dict) -> Path:
+@patch
+def write_summary(self: RunDir, summary: dict) -> Path:
     return atomic_write_json(self.path/'summary.json', summary)
-RunDir.write_summary = _write_summary
 
 def read_summary(run_dir) -> dict | None:
     "summary.json of a finished run, or None."
@@ -376,6 +381,7 @@ class RunStopped(Exception):
         super().__init__(f'run {run_dir} stopped on {signal.Signals(signum).name} at step {step} after writing its checkpoint; '
                          'launch the same command again to continue it')
 
+# %% ../nbs/00a_rundir.ipynb #c034x1
 class StopSignals:
     "While active, the `STOP_SIGNALS` (SIGTERM, SIGINT, SIGUSR1, the preemption signal) set `signum` instead of ending the process (main thread only)."
     def __init__(self): self.signum, self._old = None, {}
@@ -394,6 +400,7 @@ class StopSignals:
         for s, h in self._old.items(): signal.signal(s, h)
         self._old = {}
 
+# %% ../nbs/00a_rundir.ipynb #c034x2
 class LoaderSignals:
     "A data-loader `worker_init_fn`: while the run trains, its workers leave the stop signals to it; after `done()`, SIGTERM ends them."
     def __init__(self): self.training = multiprocessing.Value('b', 1, lock=False)   # shared with the forked workers
@@ -434,6 +441,7 @@ def report_crashes():
     "Enable faulthandler (every thread's stack on SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL) on `fatal_stderr()`."
     faulthandler.enable(fatal_stderr(), all_threads=True)
 
+# %% ../nbs/00a_rundir.ipynb #c042x1
 class StepWatchdog:
     "Within `with`: end the process with every thread's stack and STALLED_EXIT when `beat()` is not called for `timeout` s."
     def __init__(self, timeout: float | None, grace: float = 60.0, first_factor: float = 3.0, file=None):
@@ -459,18 +467,20 @@ class StepWatchdog:
         self.deadline = time.monotonic() + seconds
         faulthandler.dump_traceback_later(seconds + self.grace, exit=True, file=self.file or fatal_stderr())
 
-    def _watch(self):
-        while not self._stop.wait(min(1.0, self.timeout / 4)):
-            if time.monotonic() > self.deadline: self._expire()
+# %% ../nbs/00a_rundir.ipynb #c042ap1
+@patch
+def _watch(self: StepWatchdog):
+    while not self._stop.wait(min(1.0, self.timeout / 4)):
+        if time.monotonic() > self.deadline: self._expire()
 
-    def _expire(self):
-        out = self.file or fatal_stderr()
-        if isinstance(out, int): out = open(out, 'w', closefd=False)
-        print(f'\n{self.label} has not finished within step_timeout={self.timeout:g} s: the stack of every thread follows. '
-              f'The run is ended (exit status {STALLED_EXIT}); its last checkpoint is kept, so running it again continues '
-              'from there. A hang often means a read that never returns (a network file system, a broken file) or a '
-              'crashed library; step_timeout sets the limit (None turns the watchdog off).', file=out, flush=True)
-        faulthandler.dump_traceback(file=out, all_threads=True)
-        out.flush()
-        os._exit(STALLED_EXIT)
-
+@patch
+def _expire(self: StepWatchdog):
+    out = self.file or fatal_stderr()
+    if isinstance(out, int): out = open(out, 'w', closefd=False)
+    print(f'\n{self.label} has not finished within step_timeout={self.timeout:g} s: the stack of every thread follows. '
+          f'The run is ended (exit status {STALLED_EXIT}); its last checkpoint is kept, so running it again continues '
+          'from there. A hang often means a read that never returns (a network file system, a broken file) or a '
+          'crashed library; step_timeout sets the limit (None turns the watchdog off).', file=out, flush=True)
+    faulthandler.dump_traceback(file=out, all_threads=True)
+    out.flush()
+    os._exit(STALLED_EXIT)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import warnings
 
+from fastcore.basics import patch
 import numpy as np
 from torch.utils.data import Sampler
 
@@ -46,47 +47,56 @@ class _GlobalBatchSampler(Sampler):
         if int(epoch) != self.epoch: self._start = self._yielded = 0
         self.epoch = int(epoch)
 
-    def _check_index(self, i):
-        if not (_is_int(i) and 0 <= i < len(self)):
-            raise IndexError(f'{type(self).__name__}: batch {i!r} out of range (an epoch has {len(self)} batches)')
+# %% ../nbs/04_samplers.ipynb #c006p1
+@patch
+def _check_index(self: _GlobalBatchSampler, i):
+    if not (_is_int(i) and 0 <= i < len(self)):
+        raise IndexError(f'{type(self).__name__}: batch {i!r} out of range (an epoch has {len(self)} batches)')
 
-    def __iter__(self):
-        start, self._start = self._start, 0
-        self._yielded = start
-        lo = self.rank * self.local_batch_size
-        for i in range(start, len(self)):
-            share = self.global_batch(i)[lo:lo + self.local_batch_size]
-            self._yielded = i + 1
-            yield [tuple(p) for p in share.tolist()]
+@patch
+def __iter__(self: _GlobalBatchSampler):
+    start, self._start = self._start, 0
+    self._yielded = start
+    lo = self.rank * self.local_batch_size
+    for i in range(start, len(self)):
+        share = self.global_batch(i)[lo:lo + self.local_batch_size]
+        self._yielded = i + 1
+        yield [tuple(p) for p in share.tolist()]
 
-    def _config(self) -> dict:
-        return dict(sampler=type(self).__name__, titles=len(self.counts), snippets=int(self.counts.sum()),
-                    batch_size=self.batch_size, seed=self.seed, batches_per_epoch=len(self))
+# %% ../nbs/04_samplers.ipynb #c006p2
+@patch
+def _config(self: _GlobalBatchSampler) -> dict:
+    return dict(sampler=type(self).__name__, titles=len(self.counts), snippets=int(self.counts.sum()),
+                batch_size=self.batch_size, seed=self.seed, batches_per_epoch=len(self))
 
-    def _fingerprint(self) -> str:
-        h = hashlib.sha256(json.dumps(self._config(), sort_keys=True).encode())
-        h.update(self.counts.tobytes())
-        h.update(self._extra_bytes())
-        return h.hexdigest()
+@patch
+def _fingerprint(self: _GlobalBatchSampler) -> str:
+    h = hashlib.sha256(json.dumps(self._config(), sort_keys=True).encode())
+    h.update(self.counts.tobytes())
+    h.update(self._extra_bytes())
+    return h.hexdigest()
 
-    def _extra_bytes(self) -> bytes: return b''
+@patch
+def _extra_bytes(self: _GlobalBatchSampler) -> bytes: return b''
 
-    def state_dict(self, batches_done: int | None = None) -> dict:
-        "Epoch and batches of it already handed out (or `batches_done`, what the training loop consumed)."
-        done = self._yielded if batches_done is None else int(batches_done)
-        return dict(epoch=self.epoch, batches_done=done, fingerprint=self._fingerprint(), config=self._config())
+@patch
+def state_dict(self: _GlobalBatchSampler, batches_done: int | None = None) -> dict:
+    "Epoch and batches of it already handed out (or `batches_done`, what the training loop consumed)."
+    done = self._yielded if batches_done is None else int(batches_done)
+    return dict(epoch=self.epoch, batches_done=done, fingerprint=self._fingerprint(), config=self._config())
 
-    def load_state_dict(self, state: dict):
-        "Continue, at the next iteration, with the batches of `state['epoch']` not yet done."
-        who = f'{type(self).__name__}.load_state_dict'
-        if state.get('fingerprint') != self._fingerprint():
-            mine, saved = self._config(), state.get('config', {})
-            diff = [f'{k} saved {saved.get(k)!r}, now {v!r}' for k, v in mine.items() if saved.get(k) != v]
-            raise ValueError(f'{who}: the state belongs to a different sampler ('
-                             + ('; '.join(diff) or 'same sizes, but the snippet counts or scenes differ') + ')')
-        done = int(state['batches_done'])
-        if not 0 <= done <= len(self): raise ValueError(f'{who}: batches_done={done} is outside [0, {len(self)}]')
-        self.epoch, self._start, self._yielded = int(state['epoch']), done, done
+@patch
+def load_state_dict(self: _GlobalBatchSampler, state: dict):
+    "Continue, at the next iteration, with the batches of `state['epoch']` not yet done."
+    who = f'{type(self).__name__}.load_state_dict'
+    if state.get('fingerprint') != self._fingerprint():
+        mine, saved = self._config(), state.get('config', {})
+        diff = [f'{k} saved {saved.get(k)!r}, now {v!r}' for k, v in mine.items() if saved.get(k) != v]
+        raise ValueError(f'{who}: the state belongs to a different sampler ('
+                         + ('; '.join(diff) or 'same sizes, but the snippet counts or scenes differ') + ')')
+    done = int(state['batches_done'])
+    if not 0 <= done <= len(self): raise ValueError(f'{who}: batches_done={done} is outside [0, {len(self)}]')
+    self.epoch, self._start, self._yielded = int(state['epoch']), done, done
 
 # %% ../nbs/04_samplers.ipynb #c008
 def scene_snippet_ranges(boundaries, M: int, snippet_s: float) -> list[tuple[int, int]]:
@@ -141,47 +151,6 @@ class HierarchicalSampler(_GlobalBatchSampler):
         self._scenes, self.scene_fallback = self._scene_ranges(grid, scenes, who), 0
         if scenes is not None: self.scene_fallback = len(self.usable) - len(self._scenes)
 
-    def _scene_ranges(self, grid, scenes, who):
-        "title row → (eligible scene ranges [lo, hi), probabilities ∝ their length)."
-        if scenes is None: return {}
-        _require(hasattr(grid, 'snippet_s'), who, 'grid', 'must know its snippet length (snippet_s) to use scenes')
-        rows = {}
-        for key, bounds in dict(scenes).items():
-            try: n = grid.index(key) if isinstance(key, str) else int(key)
-            except (KeyError, IndexError, TypeError, ValueError): n = -1
-            _require(0 <= n < len(self.counts), who, 'scenes', f'names an unknown title {key!r}')
-            _require(all(np.isfinite(float(b)) for b in bounds), who, 'scenes', f'has a non-finite boundary for title {key!r}')
-            rows[n] = bounds
-        out = {}
-        for n in self.usable:
-            r = np.array([(a, b) for a, b in scene_snippet_ranges(rows.get(n, []), self.counts[n], grid.snippet_s)
-                          if b - a >= self.k], dtype=np.int64).reshape(-1, 2)
-            if len(r): out[int(n)] = (r, (r[:, 1] - r[:, 0]) / (r[:, 1] - r[:, 0]).sum())
-        return out
-
-    def _draw_titles(self, rng):
-        N, T = len(self.usable), self.titles_per_batch
-        if N >= T: return self.usable[rng.choice(N, T, replace=False)]
-        return self.usable[np.concatenate([rng.permutation(N) for _ in range(-(-T // N))])[:T]]
-
-    def _draw_snippets(self, rng, titles):
-        "(T, k) snippet indices: a window of min(w, range) placed uniformly in the title (or a chosen scene), k inside it."
-        lo, hi = np.zeros(len(titles), dtype=np.int64), self.counts[titles].copy()
-        for j, n in enumerate(titles.tolist()):
-            if n in self._scenes:
-                ranges, p = self._scenes[n]
-                lo[j], hi[j] = ranges[rng.choice(len(ranges), p=p)] if len(ranges) > 1 else ranges[0]
-        size = hi - lo
-        w = size if self.w is None else np.minimum(self.w, size)
-        return (lo + rng.integers(0, size - w + 1))[:, None] + _k_subsets(rng, w, self.k)
-
-    def global_batch(self, i: int, epoch: int | None = None) -> np.ndarray:
-        "Global batch i of `epoch` (default: the current one) as a (B, 2) array of (title, snippet) rows."
-        self._check_index(i)
-        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else int(epoch), int(i)])
-        titles = self._draw_titles(rng)
-        return np.stack([np.repeat(titles, self.k), self._draw_snippets(rng, titles).ravel()], 1)
-
     def _config(self): return dict(super()._config(), k=self.k, w=self.w, scenes=len(self._scenes))
     def _extra_bytes(self): return b''.join(r.tobytes() for n in sorted(self._scenes) for r in (np.int64([n]), self._scenes[n][0]))
 
@@ -189,6 +158,54 @@ class HierarchicalSampler(_GlobalBatchSampler):
         return (f'HierarchicalSampler(k={self.k}, w={"all" if self.w is None else self.w}, B={self.batch_size} = '
                 f'{self.titles_per_batch} titles x {self.k}, {len(self.usable)} usable titles, {self.skipped} skipped, '
                 f'{len(self)} batches/epoch, rank {self.rank}/{self.world_size})')
+
+# %% ../nbs/04_samplers.ipynb #c012p1
+@patch
+def _scene_ranges(self: HierarchicalSampler, grid, scenes, who):
+    "title row → (eligible scene ranges [lo, hi), probabilities ∝ their length)."
+    if scenes is None: return {}
+    _require(hasattr(grid, 'snippet_s'), who, 'grid', 'must know its snippet length (snippet_s) to use scenes')
+    rows = {}
+    for key, bounds in dict(scenes).items():
+        try: n = grid.index(key) if isinstance(key, str) else int(key)
+        except (KeyError, IndexError, TypeError, ValueError): n = -1
+        _require(0 <= n < len(self.counts), who, 'scenes', f'names an unknown title {key!r}')
+        _require(all(np.isfinite(float(b)) for b in bounds), who, 'scenes', f'has a non-finite boundary for title {key!r}')
+        rows[n] = bounds
+    out = {}
+    for n in self.usable:
+        r = np.array([(a, b) for a, b in scene_snippet_ranges(rows.get(n, []), self.counts[n], grid.snippet_s)
+                      if b - a >= self.k], dtype=np.int64).reshape(-1, 2)
+        if len(r): out[int(n)] = (r, (r[:, 1] - r[:, 0]) / (r[:, 1] - r[:, 0]).sum())
+    return out
+
+# %% ../nbs/04_samplers.ipynb #c012p2
+@patch
+def _draw_titles(self: HierarchicalSampler, rng):
+    N, T = len(self.usable), self.titles_per_batch
+    if N >= T: return self.usable[rng.choice(N, T, replace=False)]
+    return self.usable[np.concatenate([rng.permutation(N) for _ in range(-(-T // N))])[:T]]
+
+@patch
+def _draw_snippets(self: HierarchicalSampler, rng, titles):
+    "(T, k) snippet indices: a window of min(w, range) placed uniformly in the title (or a chosen scene), k inside it."
+    lo, hi = np.zeros(len(titles), dtype=np.int64), self.counts[titles].copy()
+    for j, n in enumerate(titles.tolist()):
+        if n in self._scenes:
+            ranges, p = self._scenes[n]
+            lo[j], hi[j] = ranges[rng.choice(len(ranges), p=p)] if len(ranges) > 1 else ranges[0]
+    size = hi - lo
+    w = size if self.w is None else np.minimum(self.w, size)
+    return (lo + rng.integers(0, size - w + 1))[:, None] + _k_subsets(rng, w, self.k)
+
+# %% ../nbs/04_samplers.ipynb #c012p3
+@patch
+def global_batch(self: HierarchicalSampler, i: int, epoch: int | None = None) -> np.ndarray:
+    "Global batch i of `epoch` (default: the current one) as a (B, 2) array of (title, snippet) rows."
+    self._check_index(i)
+    rng = np.random.default_rng([self.seed, self.epoch if epoch is None else int(epoch), int(i)])
+    titles = self._draw_titles(rng)
+    return np.stack([np.repeat(titles, self.k), self._draw_snippets(rng, titles).ravel()], 1)
 
 # %% ../nbs/04_samplers.ipynb #c023
 class IIDSampler(_GlobalBatchSampler):

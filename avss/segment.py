@@ -6,6 +6,7 @@
 __all__ = ['SnippetGrid']
 
 # %% ../nbs/02_segment.ipynb #c002
+from fastcore.basics import patch
 import numpy as np
 import pandas as pd
 
@@ -21,14 +22,6 @@ class SnippetGrid:
         # the small epsilon keeps a title of exactly M snippets from losing one to rounding
         self.counts = np.floor(np.maximum(durations, 0) / self.snippet_s + 1e-6).astype(np.int64)
         self._index = {t: n for n, t in enumerate(self.title_ids)}
-
-    @classmethod
-    def from_counts(cls, counts, frames: int = 16, fps: float = 5.0):
-        "A grid with the given M_n per title (for toy examples and tests); titles are named t0, t1, ..."
-        L = frames / fps
-        df = pd.DataFrame({'title_id': [f't{i}' for i in range(len(counts))],
-                           'duration_s': [c * L for c in counts]})
-        return cls(df, frames, fps)
 
     @property
     def snippet_s(self) -> float: return self.frames / self.fps
@@ -52,3 +45,12 @@ class SnippetGrid:
     def __repr__(self):
         return (f'SnippetGrid({len(self)} titles, {self.total} snippets of {self.frames} frames at {self.fps:g} fps '
                 f'= {self.snippet_s:g} s)')
+
+# %% ../nbs/02_segment.ipynb #c005p1
+@patch(cls_method=True)
+def from_counts(cls: SnippetGrid, counts, frames: int = 16, fps: float = 5.0):
+    "A grid with the given M_n per title (for toy examples and tests); titles are named t0, t1, ..."
+    L = frames / fps
+    df = pd.DataFrame({'title_id': [f't{i}' for i in range(len(counts))],
+                       'duration_s': [c * L for c in counts]})
+    return cls(df, frames, fps)

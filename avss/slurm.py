@@ -86,6 +86,7 @@ class Resources:
     @property
     def minutes(self) -> int: return time_minutes(self.time)
 
+# %% ../nbs/19_slurm.ipynb #s008x1
 _INTS = {'nodes', 'gpus_per_node', 'tasks_per_node', 'cpus_per_task', 'signal_delay_s', 'max_timeouts', 'time'}
 
 def parse_spec(text: str) -> dict:

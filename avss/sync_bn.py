@@ -39,6 +39,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.affine: y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
 
+# %% ../nbs/07a_sync_bn.ipynb #c005x1
 def _to_global(module: nn.Module) -> nn.Module:
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):

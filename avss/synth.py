@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastcore.basics import patch
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
@@ -61,12 +62,15 @@ class Style:
     tilt_db: float            # equaliser tilt, dB per octave around 1 kHz
     cutoff_hz: float          # mastering low-pass
 
-    def graded(self, rgb, strength: float = 1.0) -> np.ndarray:
-        "Colours in [0, 1] (shape [..., 3]) through the title's grade (`strength` of it), as floats in [0, 255]."
-        rgb, g = np.asarray(rgb, float), self.grade * strength
-        lum = rgb @ np.array([0.3, 0.59, 0.11])
-        return np.clip((1 - g) * rgb + g * 1.5 * lum[..., None] * self.tint, 0, 1) * 255
+# %% ../nbs/12_synth.ipynb #c006gp1
+@patch
+def graded(self: Style, rgb, strength: float = 1.0) -> np.ndarray:
+    "Colours in [0, 1] (shape [..., 3]) through the title's grade (`strength` of it), as floats in [0, 255]."
+    rgb, g = np.asarray(rgb, float), self.grade * strength
+    lum = rgb @ np.array([0.3, 0.59, 0.11])
+    return np.clip((1 - g) * rgb + g * 1.5 * lum[..., None] * self.tint, 0, 1) * 255
 
+# %% ../nbs/12_synth.ipynb #c006x1
 def _rgb(h, s, v): return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v))
 
 def draw_style(rng) -> Style:
@@ -112,6 +116,7 @@ class EventParams:
     times: np.ndarray | None = None  # flash: when it flashes (s)
     on: np.ndarray | None = None     # blink: [n, 2] on-intervals (s)
 
+# %% ../nbs/12_synth.ipynb #c010x1
 @dataclass
 class Event:
     "An audio-visual event of `kind` (one of EVENT_TYPES) from t0 to t1 seconds, with its drawn parameters `p`."
@@ -135,6 +140,7 @@ class Plan:
     events: list
     themes: list
 
+# %% ../nbs/12_synth.ipynb #c010x2
 def event_pitch(hue: float) -> float:
     "The pitch (Hz) of an object of colour `hue`: 300 Hz for hue 0, up 3 octaves (2.4 kHz) as the hue goes round (above every hum)."
     return 300.0 * 2 ** (3.0 * (hue % 1.0))
@@ -169,6 +175,7 @@ def draw_event(kind, t0, t1, rng, floor=0.85) -> Event:
         raise ValueError(f'event kind {kind!r}: must be one of {", ".join(EVENT_TYPES)}')
     return Event(kind, float(t0), float(t1), p)
 
+# %% ../nbs/12_synth.ipynb #c010x3
 def plan_title(duration, rng, genre='drama') -> Plan:
     "Scenes of a few seconds to a minute filled with events (sometimes two at once), and the theme's plays."
     if genre not in GENRES: raise ValueError(f'genre {genre!r}: must be one of {", ".join(GENRES)}')
@@ -211,6 +218,7 @@ CORPUS_PARAMS = dict(
     sample_rate=Param(DEFAULT_SAMPLE_RATE, is_int(8000, 96000)), container=Param('mp4', one_of('mp4', 'mkv')),
     spread=Param(0.2, is_float(0, 0.9), 'title lengths vary by +- this fraction'))
 
+# %% ../nbs/12_synth.ipynb #c014x1
 def title_style(seed, group) -> Style: return draw_style(np.random.default_rng([seed, 0, group]))
 def title_plan(seed, n, duration, genre) -> Plan: return plan_title(duration, np.random.default_rng([seed, 1, n]), genre)
 
@@ -230,6 +238,7 @@ def corpus_table(out_dir, titles, minutes, seed, shows, episodes, width, height,
                          group=group, n=n))
     return pd.DataFrame(rows)
 
+# %% ../nbs/12_synth.ipynb #c014x2
 def _title_job(job):
     style, plan = title_style(job['seed'], job['group']), title_plan(job['seed'], job['n'], job['duration_s'], job['genre'])
     return make_title(job['path'], style, plan, job['width'], job['height'], job['fps'], job['sample_rate'], [job['seed'], 2, job['n']])
@@ -245,6 +254,7 @@ def run_jobs(fn, jobs, workers=None, progress=True, desc='rendering') -> list:
         for f in tqdm(as_completed(futs), total=len(futs), desc=desc, disable=not progress): f.result()
     return [f.result() for f in futs]
 
+# %% ../nbs/12_synth.ipynb #c014x3
 LOCK_FILE = '.synth.lock'
 
 def _lock_folder(folder: Path) -> int:
@@ -264,6 +274,7 @@ def _lock_folder(folder: Path) -> int:
         raise
     return fd
 
+# %% ../nbs/12_synth.ipynb #c014x4
 @contextmanager
 def claim_folder(out_dir, params: dict):
     """Hold `out_dir` while a set is made in it: take its lock (waiting for another process making a set there),
@@ -283,6 +294,7 @@ def claim_folder(out_dir, params: dict):
     finally:
         os.close(fd)                                   # closing the descriptor drops the lock
 
+# %% ../nbs/12_synth.ipynb #c014x5
 def make_corpus(out_dir, titles=DEFAULT_TITLES, minutes=DEFAULT_MINUTES, seed=0, shows=DEFAULT_SHOWS,
                 episodes=DEFAULT_EPISODES, width=DEFAULT_WIDTH, height=DEFAULT_HEIGHT, fps=DEFAULT_FPS,
                 sample_rate=DEFAULT_SAMPLE_RATE, workers=None, container='mp4', spread=0.2, progress=True):

@@ -66,6 +66,7 @@ def paste(img, mask, colour, cx, cy):
     ya, xa, yb, xb = max(y0, 0), max(x0, 0), min(y0 + h, img.shape[0]), min(x0 + w, img.shape[1])
     if ya < yb and xa < xb: img[ya:yb, xa:xb][mask[ya - y0:yb - y0, xa - x0:xb - x0]] = colour
 
+# %% ../nbs/12a_synth_render.ipynb #c009x1
 def backdrop(style, scene, W, H) -> np.ndarray:
     "A scene's still background (uint8 [H, W, 3]) in the title's palette and grade."
     rng = np.random.default_rng(scene.seed)
@@ -81,6 +82,7 @@ def backdrop(style, scene, W, H) -> np.ndarray:
     img = style.graded(img) * (1 - 2 * style.vignette * ((xx / W - 0.5) ** 2 + (yy / H - 0.5) ** 2))[..., None]
     return np.clip(img, 0, 255).astype(np.uint8)
 
+# %% ../nbs/12a_synth_render.ipynb #c009x2
 OBJECT_GRADE = 0.0   # event objects keep their own colour through the title's grade: their colour says their pitch
 
 def draw_event_frame(img, e, t, style):
@@ -104,6 +106,7 @@ def draw_event_frame(img, e, t, style):
     elif e.kind == 'blink' and blink_on(p, t):
         paste(img, shape_mask(p.shape, round(p.size * H)), col, p.x * W, p.y * H)
 
+# %% ../nbs/12a_synth_render.ipynb #c009x3
 def character_xy(style, t):
     fx, fy, px, py = style.char_path
     return 0.5 + 0.35 * np.sin(2 * np.pi * fx * t + px), 0.5 + 0.22 * np.sin(2 * np.pi * fy * t + py)
@@ -156,6 +159,7 @@ def band_noise(n: int, hz: float, sr: int, rng, octaves: float = 1 / 3) -> np.nd
     y = np.fft.irfft(X * np.exp(-0.5 * (np.log2(f / hz) / octaves) ** 2), n)
     return y / max(float(np.sqrt(np.mean(y ** 2))), 1e-9)
 
+# %% ../nbs/12a_synth_render.ipynb #c014x1
 def event_sound(e, sr, rng):
     "Event `e`'s sound as (first sample, samples), from the same motion as its picture."
     p = e.p
@@ -180,6 +184,7 @@ def event_sound(e, sr, rng):
         y = 0.25 * gate * _tone(2 * np.pi * p.hz * dt, [1, 0.3])
     return i0, y * p.gain
 
+# %% ../nbs/12a_synth_render.ipynb #c014x2
 def theme_tune(style, sr) -> np.ndarray:
     "The title's theme: its notes in its timbre, each with a 10 ms attack and an exponential decay."
     n, t = int(style.theme_note_s * sr), np.arange(int((style.theme_note_s + 0.3) * sr)) / sr
@@ -201,6 +206,7 @@ def fir_filter(x, gain, taps=1023, block=1 << 16) -> np.ndarray:
         y[s:s + m] += np.fft.irfft(np.fft.rfft(x[s:s + block], nf) * Hf, nf)[:m]
     return y[taps // 2: taps // 2 + len(x)]
 
+# %% ../nbs/12a_synth_render.ipynb #c014x3
 def master(style, x, sr, rng) -> np.ndarray:
     "The title's mastering: hum, noise floor, equaliser tilt and low-pass, soft clipping; float32."
     hum = style.hum_level * _tone(2 * np.pi * style.hum_hz * np.arange(sr) / sr, [1, 0.5, 0.25])

@@ -44,6 +44,7 @@ def colour_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     x = (f[:, 1] * x + (1 - f[:, 1]) * m).clamp_(0, 1)
     return (f[:, 2] * x + (1 - f[:, 2]) * _grey(x)).clamp_(0, 1)
 
+# %% ../nbs/05_transforms.ipynb #c008x1
 class VideoEval(nn.Module):
     "uint8 [B, 3, T, H, W] → float [B, 3, T, crop, crop]: centre crop (when larger), scale to [0, 1], normalise."
     def __init__(self, crop: int | None = 158, mean=KINETICS_MEAN, std=KINETICS_STD):
@@ -69,6 +70,7 @@ class VideoEval(nn.Module):
             x = x[..., i:i + self.crop, j:j + self.crop]
         return self.normalise(x)
 
+# %% ../nbs/05_transforms.ipynb #c008x2
 class VideoTrain(VideoEval):
     "uint8 [B, 3, T, H, W] → float [B, 3, T, crop, crop]: random crop (when larger), optional flip, colour jitter, normalise."
     def __init__(self, crop: int | None = 158, sigma: float = 0.0, flip: bool = False, mean=KINETICS_MEAN, std=KINETICS_STD):

@@ -28,8 +28,9 @@ from avss.chunked import chunked_backward, unchunked_backward
 from avss.losses import nce_loss
 from avss.models import AVModel
 from avss.sync_bn import convert_sync_batchnorm
+from avss.testing import free_port
 
-from test_pretrain import BIN, _free_port, _losses, _pretrain_process, _small
+from test_pretrain import BIN, _losses, _pretrain_process, _small
 
 WORLD, SEED = 2, 0
 eq1 = partial(nce_loss, check_finite=False)      # float64 embeddings stay float64
@@ -168,7 +169,7 @@ def test_torchrun_two_ranks_in_chunks_follow_one_process(small_catalog, tmp_path
     assert one.wait(timeout=600) == 0, one.stderr.read()[-3000:]
     args = sum((['-p', k, json.dumps(v)] for k, v in _small(small_catalog, runs, 'two', **params).items()), [])
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    r = subprocess.run([str(BIN/'torchrun'), '--nproc_per_node', '2', '--master_port', str(_free_port()),
+    r = subprocess.run([str(BIN/'torchrun'), '--nproc_per_node', '2', '--master_port', str(free_port()),
                         '-m', 'avss.train', *args], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert '4 clips a rank in chunks of 2' in r.stdout, r.stdout[-2000:]

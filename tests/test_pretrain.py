@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 from avss.core import ParamError
+from avss.testing import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -157,12 +157,6 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(catalog, tmp_path):
     assert sorted(_losses(runs/'killed')) == list(range(1, 9))       # one line per step, none doubled by the resume
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_two_ranks_follow_one_process(catalog, tmp_path):
     runs = tmp_path/'runs'
     lr = 1e-4
@@ -171,7 +165,7 @@ def test_torchrun_two_ranks_follow_one_process(catalog, tmp_path):
     assert one.wait(timeout=600) == 0, one.stderr.read()[-3000:]
     args = sum((['-p', k, json.dumps(v)] for k, v in _small(catalog, runs, 'two', **params).items()), [])
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    r = subprocess.run([str(BIN/'torchrun'), '--nproc_per_node', '2', '--master_port', str(_free_port()),
+    r = subprocess.run([str(BIN/'torchrun'), '--nproc_per_node', '2', '--master_port', str(free_port()),
                         '-m', 'avss.train', *args], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     l1, l2 = _losses(runs/'one'), _losses(runs/'two')

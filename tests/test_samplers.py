@@ -23,6 +23,7 @@ from avss.samplers import (HierarchicalSampler, IIDSampler, make_sampler, same_t
                            same_title_negative_fraction, scene_snippet_ranges)
 from avss.scenes import detect_scenes
 from avss.segment import SnippetGrid
+from avss.testing import check_batch, free_port, stream
 
 MEDIA = Path(__file__).resolve().parent.parent.parent / 'shared' / 'media'
 HYP = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -33,39 +34,6 @@ pytestmark = pytest.mark.filterwarnings('ignore:HierarchicalSampler')
 
 def hier(counts, k, w, B, **kw):
     return HierarchicalSampler(SnippetGrid.from_counts(counts), k, w, B, **kw)
-
-
-def check_batch(batch, counts, k, w, B):
-    "The hierarchical sampler's invariants on one global batch (w: None for the whole title)."
-    assert len(batch) == B and all(type(n) is int and type(m) is int for n, m in batch)
-    groups = [batch[j:j + k] for j in range(0, B, k)]
-    usable = int((np.asarray(counts) >= k).sum())
-    titles = [g[0][0] for g in groups]
-    if usable >= B // k:
-        assert len(set(titles)) == B // k, titles
-    else:  # every usable title floor or ceil times
-        c = np.bincount(titles, minlength=len(counts))[np.asarray(counts) >= k]
-        assert c.min() >= (B // k) // usable and c.max() <= -(-(B // k) // usable), c
-    for g in groups:
-        n = g[0][0]
-        ms = [m for _, m in g]
-        assert all(t == n for t, _ in g) and counts[n] >= k
-        assert ms == sorted(set(ms)) and len(ms) == k
-        assert 0 <= ms[0] and ms[-1] < counts[n]
-        assert k <= ms[-1] - ms[0] + 1 <= min(w or counts[n], counts[n])
-        if w == k:
-            assert ms == list(range(ms[0], ms[0] + k))
-
-
-def stream(make, epochs, world_size=1):
-    "Every global batch of `epochs`, assembled from the shares of `world_size` ranks."
-    ranks = [make(rank=r, world_size=world_size) for r in range(world_size)]
-    out = []
-    for e in epochs:
-        for r in ranks:
-            r.set_epoch(e)
-        out += [sum(shares, []) for shares in zip(*ranks)]
-    return out
 
 
 def chi2_critical(df, p=1e-4):
@@ -207,25 +175,6 @@ def test_state_from_another_sampler_is_refused():
             other.load_state_dict(state)
     with pytest.raises(ValueError, match='batches_done'):
         HierarchicalSampler(grid, 2, 5, 8, seed=1).load_state_dict(dict(state, batches_done=999))
-
-
-def test_bad_parameters_name_the_parameter():
-    g = SnippetGrid.from_counts([10, 20, 3])
-    cases = [(dict(k=0, w=4, batch_size=8), "'k'"), (dict(k=2.0, w=4, batch_size=8), "'k'"),
-             (dict(k=3, w=4, batch_size=8), "'batch_size'"), (dict(k=2, w=4, batch_size=8, world_size=3), "'batch_size'"),
-             (dict(k=4, w=3, batch_size=8), "'w'"), (dict(k=2, w='half', batch_size=8), "'w'"),
-             (dict(k=2, w=4, batch_size=0), "'batch_size'"), (dict(k=2, w=4, batch_size=8, rank=-1), "'rank'"),
-             (dict(k=2, w=4, batch_size=8, seed=-5), "'seed'"), (dict(k=21, w=None, batch_size=21), 'no usable title'),
-             (dict(k=2, w=4, batch_size=8, batches_per_epoch=0), "'batches_per_epoch'"),
-             (dict(k=2, w=4, batch_size=8, scenes={'nope': [1.0]}), "'scenes'"),
-             (dict(k=2, w=4, batch_size=8, scenes={0: [float('nan')]}), "'scenes'")]
-    for kw, name in cases:
-        with pytest.raises(ParamError, match=name):
-            HierarchicalSampler(g, **kw)
-    with pytest.raises(ParamError, match="'grid'"):
-        HierarchicalSampler([1, 2], 1, None, 2)
-    with pytest.raises(IndexError, match='out of range'):
-        HierarchicalSampler(g, 2, 4, 8).global_batch(10**6)
 
 
 def test_skipped_titles_are_counted_and_warned():
@@ -386,10 +335,7 @@ def _ddp_worker(rank, world_size, port, out):
 
 @pytest.mark.slow
 def test_two_gloo_processes_draw_the_single_process_batches(tmp_path):
-    import socket
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     out = tmp_path / 'gathered.pt'
     mp.spawn(_ddp_worker, args=(2, port, str(out)), nprocs=2, join=True)
     gathered = torch.load(out)

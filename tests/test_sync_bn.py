@@ -1,6 +1,5 @@
 """GlobalBatchNorm on two real gloo ranks equals BatchNorm in one process on the whole batch (values and gradients)."""
 import os
-import socket
 
 import torch
 import torch.distributed as dist
@@ -8,6 +7,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from avss.sync_bn import convert_sync_batchnorm
+from avss.testing import free_port
 
 
 def _model():
@@ -40,15 +40,9 @@ def _worker(rank, port, out):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def test_two_ranks_match_one_process():
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), out), nprocs=2, join=True)
     model = _model()
     x, t = _data()
     y = model(x)
