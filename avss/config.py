@@ -74,7 +74,7 @@ class RunConfig(Config):
 
 # %% ../nbs/00c_config.ipynb #c009
 RUN_CONFIGS = {'pretrain': 'avss.train:PretrainConfig', 'finetune': 'avss.downstream:DownstreamConfig',
-               'measure': 'avss.discrepancy_runs:DiscrepancyConfig'}
+               'measure': 'avss.discrepancy_runs:DiscrepancyConfig', 'report': 'avss.report:ReportConfig'}
 
 def config_class(where: str) -> type:
     "The class named `module:Class`."
