@@ -200,7 +200,6 @@ def _title(m: str) -> str:
         return f"Recall@{parts[0][1:]} {where}, {'audio→video' if parts[2] == 'a2v' else 'video→audio'}"
     return LABELS.get(m, m)
 
-
 # %% ../nbs/10a_discrepancy_runs.ipynb #c016c
 def run_value(r, name: str):
     "Pretraining parameter `name` of a run's row `r` (a dict or a table row); `PretrainConfig`'s default where the run lacks it (absent, None or NaN)."
