@@ -113,6 +113,7 @@ def plot_histograms(S_pos, S_neg, S_other, ax=None, title: str | None = None, bi
     if title: ax.set_title(title, fontsize=10)
     return ax
 
+# %% ../nbs/10a_discrepancy_runs.ipynb #c009m
 def measure_run(run_dir, data: str | None = None, snippets_per_title: int = 16, seed: int = 0, device=None,
                 batch_size: int = 32, num_workers: int | None = None, progress: bool = True) -> dict:
     "Measure a run from its checkpoint; writes discrepancy.json, similarities.npz, similarities.png and heldout_curves.png into it."

@@ -42,6 +42,7 @@ def _is_split(v):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 5:
         return f'must be "all" or a split (fold) number 1-5, got {v!r}'
 
+# %% ../nbs/11_downstream.ipynb #c006c
 @dataclass(frozen=True)
 class DownstreamConfig(RunConfig):
     "The parameters of a downstream evaluation (the finetune notebook's, `avss finetune -p`'s)."
@@ -87,7 +88,6 @@ class DownstreamConfig(RunConfig):
         return cfg
 
 DOWNSTREAM_SPEC = DownstreamConfig.spec()
-
 
 # %% ../nbs/11_downstream.ipynb #c009
 def hmdb_from_ucf(ucf_root, out_dir) -> Path:
@@ -141,6 +141,7 @@ def _summary(cfg: DownstreamConfig, splits: list, done: dict, run_dir: Path, sec
                 split=cfg.split, top1=float(np.mean(top1)) if top1 else None, clip_top1=float(np.mean(clip)) if clip else None,
                 splits=done, complete=len(top1) == len(splits), seconds=seconds)
 
+# %% ../nbs/11_downstream.ipynb #c013r
 def run_downstream(params: dict | DownstreamConfig, progress: bool = True) -> dict:
     "Run the downstream evaluation `params` (a dict or a `DownstreamConfig`) over its splits; returns results.json's content."
     cfg = DownstreamConfig.resolve(params)
@@ -170,6 +171,7 @@ def _run_split(cfg: DownstreamConfig, root: Path, split: int, run_dir: Path, pro
     _write_predictions(run_dir, split, r)
     return r
 
+# %% ../nbs/11_downstream.ipynb #c013w
 def _write_predictions(run_dir: Path, split: int, r: dict):
     path = run_dir/'predictions.csv'
     old = pd.read_csv(path) if path.exists() else None

@@ -176,6 +176,7 @@ def view_features(fn, dataset, batch_size: int, num_workers: int | None = 0, pro
         if cache is not None: cache.update({str(dataset.samples[i][0]): f for i, f in got.items()})
     return torch.stack([got[i] if i in got else cache[str(p)] for i, (p, _) in enumerate(dataset.samples)])
 
+# %% ../nbs/11c_downstream_train.ipynb #c015p
 def linear_probe(cfg: 'DownstreamConfig', protocol=None, cache: dict | None = None, log=None, progress: bool = True) -> dict:
     "Linear probe of the frozen f (video sets) or g (ESC) on split `cfg.split` of `cfg.root`; returns the multi-view test scores."
     t0 = time.perf_counter()
