@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['DISCREPANCY_SPEC', 'DESIGN_PARAMS', 'MEASURES', 'LABELS', 'FIGURES', 'DiscrepancyConfig', 'default_out_dir',
            'resolve_runs', 'load_run_model', 'heldout_catalog', 'save_png', 'plot_histograms', 'measure_run',
-           'measure_runs', 'run_measures', 'run_table', 'heldout_history', 'is_index_window', 'is_sampling_only',
-           'plot_sweep', 'draw_figures', 'plot_history']
+           'measure_runs', 'run_measures', 'with_run_defaults', 'run_table', 'heldout_history', 'run_value',
+           'fill_run_defaults', 'is_index_window', 'is_sampling_only', 'plot_sweep', 'draw_figures', 'plot_history']
 
 # %% ../nbs/10a_discrepancy_runs.ipynb #c002
 import glob
@@ -28,7 +28,7 @@ from .core import (ParamError, annotated, atomic_write_bytes, atomic_write_json,
 from .discrepancy import embed, measure_embeddings
 from .models import AVModel, Preset, get_preset, strip_wrapper_prefixes
 from .rundir import CheckpointError, RunDir
-from .pretrain_config import PRETRAIN_SPEC, PretrainConfig, run_preset
+from .pretrain_config import PretrainConfig, run_preset
 from .loader import load_catalogs
 
 # %% ../nbs/10a_discrepancy_runs.ipynb #c005
@@ -90,9 +90,8 @@ def load_run_model(run_dir, device=None):
     except RuntimeError as e: raise ValueError(f'{path}: the weights do not fit an AVModel of preset {preset.name!r}: {e}') from None
     return model.to(get_device(device)).eval(), params, int(ckpt.get('step', 0))
 
-def heldout_catalog(params: dict, data: str | None = None):
-    "The run's held-out catalog (data=None), or every usable title of `data` (a catalog CSV or 'synthetic')."
-    cfg = PretrainConfig.from_params({k: v for k, v in params.items() if k in PRETRAIN_SPEC}, 'run parameters')
+def heldout_catalog(cfg: PretrainConfig, data: str | None = None):
+    "The held-out catalog of the run of `cfg` (data=None), or every usable title of `data` (a catalog CSV or 'synthetic')."
     if data is None: return load_catalogs(cfg, run_preset(cfg), progress=False)[1]
     return load_catalogs(cfg.replace(data=data, heldout=0.0), run_preset(cfg), progress=False)[0]
 
@@ -115,20 +114,22 @@ def plot_histograms(S_pos, S_neg, S_other, ax=None, title: str | None = None, bi
     if title: ax.set_title(title, fontsize=10)
     return ax
 
+# %% ../nbs/10a_discrepancy_runs.ipynb #c009m
 def measure_run(run_dir, data: str | None = None, snippets_per_title: int = 16, seed: int = 0, device=None,
                 batch_size: int = 32, num_workers: int | None = None, progress: bool = True) -> dict:
     "Measure a run from its checkpoint; writes discrepancy.json, similarities.npz, similarities.png and heldout_curves.png into it."
     import matplotlib.pyplot as plt
     run_dir = Path(run_dir)
     model, params, step = load_run_model(run_dir, device)
-    held = heldout_catalog(params, data)
+    cfg = PretrainConfig.from_run(params)           # what an older run's params.json lacks takes the class default
+    held = heldout_catalog(cfg, data)
     if num_workers is None: num_workers = min(4, (os.cpu_count() or 1) // 2)
     unreadable = []                         # held-out titles whose files no longer read: measured without, named
     z_v, z_a, n, _ = embed(model, held, preset=model.preset, snippets_per_title=snippets_per_title, seed=seed,
                            batch_size=batch_size, num_workers=num_workers, progress=progress, unreadable=unreadable)
     for r in unreadable: print(f"{run_dir.name}: title {r['title_id']} is unreadable and left out: {r['file']}: {r['reason']}")
     measures, (S_pos, S_neg, S_other) = measure_embeddings(z_v, z_a, n, seed=seed, samples=True)
-    out = dict(run=run_dir.name, step=step, data=data if data is not None else params.get('data'),
+    out = dict(run=run_dir.name, step=step, data=data if data is not None else cfg.data,
                titles='heldout' if data is None else 'all', snippets_per_title=snippets_per_title, seed=seed,
                measured=time.strftime('%Y-%m-%d %H:%M:%S'), git=git_revision(), heldout=measures, unreadable=unreadable)
     atomic_write_json(run_dir/'discrepancy.json', out)
@@ -166,14 +167,17 @@ def run_measures(run_dir) -> tuple[dict, str | None]:
             if m: return m, source
     return {}, None
 
+def with_run_defaults(stored: dict) -> dict:
+    "A run's stored parameters with `PretrainConfig`'s default for each parameter it lacks (it predates it); unchecked, its other names kept."
+    return {**stored, **{k: p.default for k, p in PretrainConfig.spec().items() if k not in stored}}
+
 def run_table(runs) -> pd.DataFrame:
     "Parameters and measures of runs (directories, globs, or a table already), one row per run."
     if isinstance(runs, pd.DataFrame): return runs
     rows = []
     for d in resolve_runs(runs):
-        params = json.loads((d/'params.json').read_text())
+        params = with_run_defaults(json.loads((d/'params.json').read_text()))
         measures, source = run_measures(d)
-        params = {'window': 'index', **params}            # runs from before `window` existed used index windows
         rows.append({'run': d.name, 'run_dir': str(d), 'source': source, **params, **measures})
     return pd.DataFrame(rows)
 
@@ -198,14 +202,24 @@ def _title(m: str) -> str:
         return f"Recall@{parts[0][1:]} {where}, {'audio→video' if parts[2] == 'a2v' else 'video→audio'}"
     return LABELS.get(m, m)
 
+# %% ../nbs/10a_discrepancy_runs.ipynb #c016c
+def run_value(r, name: str):
+    "Pretraining parameter `name` of a run's row `r` (a dict or a table row); `PretrainConfig`'s default where the run lacks it (absent, None or NaN)."
+    v = r.get(name)
+    return PretrainConfig.spec()[name].default if v is None or (isinstance(v, float) and np.isnan(v)) else v
+
+def fill_run_defaults(table: pd.DataFrame, names) -> pd.DataFrame:
+    "`table` (one row per run) with `PretrainConfig`'s default in each column of `names` where a run lacks it."
+    spec = PretrainConfig.spec()
+    return table.assign(**{n: table[n].fillna(spec[n].default) if n in table else spec[n].default for n in names})
+
 def is_index_window(r) -> bool:
-    "Whether a run's k snippets came from index windows (the default; also a run from before `window` existed)."
-    v = r.get('window', 'index')
-    return v == 'index' or v is None or (isinstance(v, float) and np.isnan(v))
+    "Whether a run's k snippets came from index windows (a run from before `window` existed: the class default)."
+    return run_value(r, 'window') == 'index'
 
 def is_sampling_only(r) -> bool:
     "A run that varies sampling alone: no colour jitter, raw dot products, index windows (the setting of Table 1)."
-    return r.get('sigma', 0) == 0 and not r.get('normalize', False) and is_index_window(r)
+    return run_value(r, 'sigma') == 0 and not run_value(r, 'normalize') and is_index_window(r)
 
 FIGURES = {
     'fig1a_k': dict(x='k', select=lambda r: is_sampling_only(r) and (r['k'] == 1 or r['w'] == 'all'), ignore=('w',),
@@ -214,10 +228,11 @@ FIGURES = {
     'fig1c_w_eq_k': dict(x='k', select=lambda r: is_sampling_only(r) and (r['k'] == 1 or str(r['w']) == str(r['k'])),
                          ignore=('w',), title='Figure 1c: w = k'),
     'fig1d_data': dict(x='data', select=None, title='Figure 1d: per dataset'),
-    'fig2_sigma': dict(x='sigma', select=lambda r: not r.get('normalize', False) and is_index_window(r),
+    'fig2_sigma': dict(x='sigma', select=lambda r: not run_value(r, 'normalize') and is_index_window(r),
                        title='Figure 2: against colour jitter sigma'),
 }
 
+# %% ../nbs/10a_discrepancy_runs.ipynb #c016e
 def _label(v) -> str:
     "A short label for a parameter value (a catalog path becomes its folder or file name)."
     if isinstance(v, str) and ('/' in v or v.endswith('.csv')):
@@ -243,6 +258,7 @@ def _legend(fig):
         for h, l in zip(*ax.get_legend_handles_labels()): seen.setdefault(l, h)
     if seen: fig.legend(list(seen.values()), list(seen), fontsize=7, loc='upper left', bbox_to_anchor=(1.0, 0.95))
 
+# %% ../nbs/10a_discrepancy_runs.ipynb #c016g
 def plot_sweep(runs, x: str, measures=MEASURES, select=None, ignore=(), title: str | None = None):
     "Measures against parameter `x` (seeds averaged, other differing parameters but `ignore` as lines); None if nothing to draw."
     import matplotlib.pyplot as plt
@@ -276,6 +292,7 @@ def plot_sweep(runs, x: str, measures=MEASURES, select=None, ignore=(), title: s
     if len(lines) > 1 or any(_recall_chance(rows, m) is not None for m in measures): _legend(fig)
     return fig
 
+# %% ../nbs/10a_discrepancy_runs.ipynb #c016h
 def draw_figures(runs, out_dir=None, measures=MEASURES) -> dict:
     "The paper's Figures 1a-d and 2 that the runs allow, {name: figure}; saved as out_dir/<name>.png when given."
     table = run_table(runs)

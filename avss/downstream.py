@@ -29,7 +29,7 @@ from .rundir import RunDir, read_metrics
 from .downstream_data import (ESC50, HMDB51, HMDB_SPLITS, MODALITY, SPLITS, UCF101, AudioProtocol, VideoProtocol,
                                   open_split, ucf101_split, video_protocol)
 from .downstream_eval import Classifier, aggregate_views, evaluate
-from .downstream_train import finetune, linear_probe
+from .downstream_train import RECIPES, finetune, linear_probe
 from .synth_sets import make_esc_like, make_ucf_like
 
 _all_ = ['UCF101', 'HMDB51', 'ESC50', 'VideoProtocol', 'AudioProtocol', 'video_protocol', 'open_split', 'evaluate',
@@ -42,6 +42,7 @@ def _is_split(v):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 5:
         return f'must be "all" or a split (fold) number 1-5, got {v!r}'
 
+# %% ../nbs/11_downstream.ipynb #c006c
 @dataclass(frozen=True)
 class DownstreamConfig(RunConfig):
     "The parameters of a downstream evaluation (the finetune notebook's, `avss finetune -p`'s)."
@@ -71,9 +72,12 @@ class DownstreamConfig(RunConfig):
     num_workers: int | None = param(None, is_int(0, none_ok=True), 'data-loader processes (None: min(8, cores - 1))')
 
     @classmethod
-    def resolve(cls, given) -> 'DownstreamConfig':
-        "The config of `given` (a dict or a config); a ParamError names each bad parameter, alone or in combination."
+    def resolve(cls, given, preset: str | None = None) -> 'DownstreamConfig':
+        "The config of `given` (a dict or a config), with `preset`'s recipe for the training numbers left None when a preset is given; a ParamError names each bad parameter, alone or in combination."
         cfg = super().resolve(given)
+        if preset is not None:
+            recipe = RECIPES.get(preset, RECIPES['paper'])
+            cfg = cfg.replace(**{k: v for k, v in recipe.items() if getattr(cfg, k) is None})
         errors = []
         if cfg.split != 'all' and cfg.split > SPLITS[cfg.dataset]:
             errors.append(f"parameter 'split' must be 1-{SPLITS[cfg.dataset]} for {cfg.dataset}, got {cfg.split}")
@@ -84,7 +88,6 @@ class DownstreamConfig(RunConfig):
         return cfg
 
 DOWNSTREAM_SPEC = DownstreamConfig.spec()
-
 
 # %% ../nbs/11_downstream.ipynb #c009
 def hmdb_from_ucf(ucf_root, out_dir) -> Path:
@@ -138,6 +141,7 @@ def _summary(cfg: DownstreamConfig, splits: list, done: dict, run_dir: Path, sec
                 split=cfg.split, top1=float(np.mean(top1)) if top1 else None, clip_top1=float(np.mean(clip)) if clip else None,
                 splits=done, complete=len(top1) == len(splits), seconds=seconds)
 
+# %% ../nbs/11_downstream.ipynb #c013r
 def run_downstream(params: dict | DownstreamConfig, progress: bool = True) -> dict:
     "Run the downstream evaluation `params` (a dict or a `DownstreamConfig`) over its splits; returns results.json's content."
     cfg = DownstreamConfig.resolve(params)
@@ -159,21 +163,15 @@ def run_downstream(params: dict | DownstreamConfig, progress: bool = True) -> di
     return results
 
 def _run_split(cfg: DownstreamConfig, root: Path, split: int, run_dir: Path, progress: bool, cache: dict) -> dict:
-    modality = MODALITY[cfg.dataset]
-    asked = dict(frames=cfg.frames, fps=cfg.fps, clips=cfg.clips, crops=cfg.crops) if modality == 'video' else dict(clips=cfg.clips)
-    overrides = {k: v for k, v in asked.items() if v is not None}
     def log(rec):
         with open(run_dir/'metrics.jsonl', 'a') as f: f.write(json.dumps({'split': split, **rec}) + '\n')
-    common = dict(checkpoint=cfg.checkpoint, batch_size=cfg.batch_size, precision=cfg.precision, seed=cfg.seed,
-                  preset=cfg.preset, device=cfg.device, num_workers=cfg.num_workers, protocol=overrides, log=log, progress=progress)
-    if cfg.mode == 'linear':
-        r = linear_probe(cfg.dataset, root, split, probe_wd=cfg.probe_wd, probe_steps=cfg.probe_steps, cache=cache, **common)
-    else:
-        r = finetune(cfg.dataset, root, split, epochs=cfg.epochs, lr_backbone=cfg.lr_backbone, lr_head=cfg.lr_head,
-                     weight_decay=cfg.weight_decay, dropout=cfg.dropout, sigma=cfg.sigma, max_frac=cfg.max_frac, **common)
+    one = cfg.replace(root=str(root), split=split)
+    if cfg.mode == 'linear': r = linear_probe(one, cache=cache, log=log, progress=progress)
+    else: r = finetune(one, log=log, progress=progress)
     _write_predictions(run_dir, split, r)
     return r
 
+# %% ../nbs/11_downstream.ipynb #c013w
 def _write_predictions(run_dir: Path, split: int, r: dict):
     path = run_dir/'predictions.csv'
     old = pd.read_csv(path) if path.exists() else None

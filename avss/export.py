@@ -23,7 +23,7 @@ from .embed import Embedder, load_embedder
 from .models import (CONFIG_NAME, WEIGHTS_NAME, AVModel, Preset, VideoEncoder, count_params, heads_hidden, pretrained_config,
                          save_pretrained)
 from .rundir import read_summary
-from .pretrain_config import PRETRAIN_SPEC, PretrainConfig, run_preset
+from .pretrain_config import PretrainConfig, run_preset
 from .loader import load_catalogs
 
 # %% ../nbs/15a_export.ipynb #c006
@@ -74,7 +74,7 @@ def describe_corpus(params: dict) -> str:
     data = params.get('data')
     if data == 'synthetic': return 'The bundled synthetic corpus (`data=synthetic`, made by `avss.synth.make_corpus`).'
     try:
-        cfg = PretrainConfig.from_params({k: v for k, v in params.items() if k in PRETRAIN_SPEC}, 'run parameters')
+        cfg = PretrainConfig.from_run(params)
         train, held, left_out = load_catalogs(cfg, run_preset(cfg), progress=False)
     except (ValueError, OSError) as e:
         return f'The catalog `{data}` could not be read here ({e}), so the corpus is not described.'

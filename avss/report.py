@@ -6,19 +6,24 @@
 __all__ = ['MEASURE_COLUMNS', 'TITLES', 'downstream_scores', 'collect', 'score_columns', 'seed_table', 'sampling_only',
            'paper_tables', 'learn_threshold', 'learned', 'shortcut_floor', 'wilson', 'fisher_exact', 'trend_test',
            'seeds_that_learn', 'titles_per_batch_tests', 'plot_seeds_that_learn', 'read_runs', 'with_records',
-           'markdown_table', 'write_report']
+           'markdown_table', 'write_report', 'ReportConfig']
 
 # %% ../nbs/14a_report.ipynb #c002
 import io
 import json
 import math
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
-from .core import atomic_write_text
-from .discrepancy_runs import draw_figures, heldout_history, is_index_window, is_sampling_only, run_table, save_png
+from .config import BaseConfig, param
+from .core import annotated, atomic_write_text, is_str
+from .discrepancy_runs import (draw_figures, fill_run_defaults, heldout_history, is_index_window, is_sampling_only,
+                                   run_table, save_png)
 from .sweep import expand, mix_label
 
 # %% ../nbs/14a_report.ipynb #c005
@@ -106,7 +111,7 @@ def paper_tables(table: pd.DataFrame) -> dict:
                 'scene': (free & scene & ~jitter & ~normed, ['k', 'w', 'window'])}
     for name, (rows, by) in variants.items():
         if not rows.any(): continue
-        t = _beside_reference(plain, table[rows]).assign(window=lambda d: d['window'].fillna('index') if 'window' in d else 'index')
+        t = fill_run_defaults(_beside_reference(plain, table[rows]), ['window'])
         if name == 'table2': t = t.assign(tau=[(x if n else None) for x, n in zip(t['tau'], t['normalize'])])
         out[name] = seed_table(t, by, cols)
     mixed = table[table['genre_mix'].notna()]
@@ -172,8 +177,8 @@ def _judged(table: pd.DataFrame, z: float) -> pd.DataFrame:
     return t.assign(w=t['w'].astype(str), learned=learned(t, z))
 
 def _implementation(t: pd.DataFrame) -> pd.Series:
-    "The conv form each run computed f in ('2d', '3d'), or '-' for runs recorded before `conv` was a parameter."
-    return t['conv'].fillna('-').astype(str) if 'conv' in t else pd.Series('-', index=t.index)
+    "The conv form each run computed f in ('2d', '3d'), or '-' for runs recorded before `conv` was a parameter (no value, or the unresolved default)."
+    return t['conv'].where(t['conv'].isin(('2d', '3d')), '-').astype(str) if 'conv' in t else pd.Series('-', index=t.index)
 
 def seeds_that_learn(table: pd.DataFrame, z: float = 3.0) -> pd.DataFrame:
     "Per sampling setting (k, w, batch size) and conv form of the sampling-only runs: titles per batch, runs, seeds that "
@@ -347,3 +352,26 @@ def write_report(sweep_dir, out_dir=None, also=(), records=()) -> dict:
         plt.close(fig)
     atomic_write_text(out_dir/'report.md', '\n'.join(parts))
     return dict(table=table, tables=tables, figures=sorted(figs), tests=tests)
+
+# %% ../nbs/14a_report.ipynb #c012
+def _is_paths(what: str):
+    "Check: a path (`what`) or a list of them."
+    @partial(annotated, annotation='Union[str, list]')
+    def check(v):
+        ok = (isinstance(v, str) and v) or (isinstance(v, (list, tuple)) and all(isinstance(x, str) and x for x in v))
+        return None if ok else f'must be {what} or a list of them, got {v!r}'
+    return check
+
+@dataclass(frozen=True)
+class ReportConfig(BaseConfig):
+    "The parameters of a sweep's report (the report notebook's)."
+    what: ClassVar[str] = 'report parameters'
+    sweep: str = param(None, is_str(), 'sweep folder, or its name under runs/')
+    out_dir: str | None = param(None, is_str(none_ok=True), 'where the tables and figures go (None: the sweep folder)')
+    also: str | tuple = param((), _is_paths('a sweep folder'), 'another sweep folder, or a list of them, whose runs are pooled with these (names under runs/ or paths)')
+    records: str | tuple = param((), _is_paths('a runs.csv file'), "an earlier report's runs.csv, or a list of them: rows for runs no longer on disk")
+
+    def as_list(self, name: str) -> list:
+        "Parameter `name` (also, records) as a list: one path, or several."
+        v = getattr(self, name)
+        return [v] if isinstance(v, str) else list(v)

@@ -160,7 +160,10 @@ def _nb(name: str) -> Path:
     return root/'nbs'/name
 
 def downstream_name(spec: dict) -> str:
-    return f"{spec.get('dataset', 'ucf101')}-{spec.get('mode', 'finetune')}"
+    "A downstream stage's name, <dataset>-<mode>, with `DownstreamConfig`'s defaults where the grid's `spec` leaves them out."
+    from avss.downstream import DownstreamConfig   # here: only a grid with downstream stages has the driver import it
+    defaults = DownstreamConfig.spec()
+    return f"{spec.get('dataset', defaults['dataset'].default)}-{spec.get('mode', defaults['mode'].default)}"
 
 def stages(point: dict, grid: dict, sweep_dir: Path) -> list[dict]:
     "The stages of a point: {'stage', 'notebook', 'output', 'params', 'done' (path whose existence means done)}."

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from avss.core import ParamError
-from avss.downstream import (ESC50, HMDB51, UCF101, aggregate_views, evaluate, finetune, hmdb_from_ucf, linear_probe,
-                             run_downstream, video_protocol)
+from avss.downstream import (ESC50, HMDB51, UCF101, DownstreamConfig, aggregate_views, evaluate, finetune, hmdb_from_ucf,
+                             linear_probe, run_downstream, video_protocol)
 from avss.decode import MediaReader
 from avss.downstream_data import AudioProtocol, HMDB_SPLITS, audio_views, grid_frames, uniform_starts, video_views
 from avss.models import AVModel, save_encoders
@@ -343,12 +343,18 @@ def test_verify_a_local_copy(ucf, esc, tmp_path):
 
 # ---------------------------------------------------------------- training
 
+def _one_split(dataset, root, **params) -> DownstreamConfig:
+    "Split 1 of `root` with the tiny preset, in this process on the CPU."
+    return DownstreamConfig.resolve(dict(dataset=dataset, root=str(root), split=1, preset='tiny', device='cpu', num_workers=0,
+                                         **params))
+
+
 @pytest.mark.slow
 def test_tiny_audio_finetune_beats_chance(esc_larger):
     # over seeds 0-3 this gave top-1 0.62-1.0 (12 test files were too few: 0.42-0.67)
     log = []
-    ft = finetune('esc50', esc_larger, 1, preset='tiny', epochs=10, batch_size=8, lr_backbone=3e-3, lr_head=3e-3,
-                  protocol=SMALL_AUDIO, device='cpu', log=log.append, progress=False)
+    cfg = _one_split('esc50', esc_larger, epochs=10, batch_size=8, lr_backbone=3e-3, lr_head=3e-3)
+    ft = finetune(cfg, protocol=SMALL_AUDIO, log=log.append, progress=False)
     print('audio fine-tune', {k: ft[k] for k in ('top1', 'clip_top1', 'train_top1', 'seconds')})
     assert len(log) == 10 and (ft['test_files'], ft['views'], ft['classes']) == (24, 3, 3)
     assert ft['top1'] > 1 / 3 + 0.15
@@ -360,8 +366,8 @@ def test_tiny_video_finetune_beats_chance(ucf):
     # tiny model learns them slowly (over seeds 0-2, 40 epochs gave test top-1 0.72, 0.61, 0.44 on 18 clips; 10
     # epochs 0.33-0.56). So the test asks for a falling training loss and a test score above chance, not a margin.
     log = []
-    ft = finetune('ucf101', ucf, 1, preset='tiny', epochs=40, batch_size=6, lr_backbone=3e-3, lr_head=3e-3, sigma=0.0,
-                  protocol=SMALL_VIDEO, device='cpu', log=log.append, progress=False)
+    cfg = _one_split('ucf101', ucf, epochs=40, batch_size=6, lr_backbone=3e-3, lr_head=3e-3, sigma=0.0)
+    ft = finetune(cfg, protocol=SMALL_VIDEO, log=log.append, progress=False)
     print('video fine-tune', {k: ft[k] for k in ('top1', 'clip_top1', 'train_top1', 'seconds')})
     first, last = log[0]['loss'], sum(r['loss'] for r in log[-5:]) / 5
     assert last < first - 0.15, f'training loss {first:.3f} -> {last:.3f}'
