@@ -140,6 +140,7 @@ def _add_prepare(sub, detail: bool = False):
     add_executor_options(p, 'prepare')
     p.set_defaults(run=run_prepare)
 
+# %% ../nbs/16_cli.ipynb #c011p1
 def _source_catalog(a):
     import pandas as pd
     from avss.catalog import Catalog

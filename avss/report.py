@@ -97,6 +97,7 @@ def _sampling_keys(table: pd.DataFrame) -> list[str]:
     "k and w, and the batch size where the runs differ in it."
     return ['k', 'w'] + (['batch_size'] if 'batch_size' in table and table['batch_size'].nunique() > 1 else [])
 
+# %% ../nbs/14a_report.ipynb #c006p1
 def paper_tables(table: pd.DataFrame) -> dict:
     "{'table1', 'fig2', 'table2', 'scene', 'table3'}: those the runs allow, averaged over seeds."
     if table.empty: return {}
@@ -244,6 +245,7 @@ def _loss_panel(ax, t: pd.DataFrame):
     ax.set_xlabel('k'); ax.set_ylabel('final training loss')
     ax.set_title('(b) final loss against the shortcut floor', fontsize=10); ax.legend(fontsize=7); ax.grid(alpha=.3)
 
+# %% ../nbs/14a_report.ipynb #c008hp1
 def _curves_panel(ax, t: pd.DataFrame, k: int, z: float, cycle: list):
     colours = dict(zip(sorted(t['batch_size'].unique()), cycle))
     for _, r in t[(t['k'] == k) & (t['w'] == 'all')].iterrows():
@@ -325,6 +327,7 @@ def _tests_text(t: dict) -> str:
             f"trend test in log2(titles per batch): p = {t['trend_p']:.2g} (two-sided; {t['trend_p_down']:.2g} for a rate "
             'that falls as titles increase).\n')
 
+# %% ../nbs/14a_report.ipynb #c010p1
 def write_report(sweep_dir, out_dir=None, also=(), records=()) -> dict:
     "runs.csv, tableN.md/.csv, Figures 1-2 and the seeds figure (PNG) and report.md for a sweep folder (pooled with the folders `also` and the runs.csv files `records`), into `out_dir` (default: the sweep folder)."
     import matplotlib.pyplot as plt                         # matplotlib only where a figure is drawn

@@ -109,6 +109,7 @@ class SweepStopped(Exception):
                          f"points unfinished ({', '.join(unfinished)}); the running stages kept their checkpoints: "
                          'run the same command again to continue')
 
+# %% ../nbs/14_sweep.ipynb #c008sp1
 class RunningStages:
     "The stage processes of a sweep, each in its own session; `stop` (the handler of the stop signals) stops them."
     def __init__(self): self.procs, self.signum, self._lock = set(), None, threading.RLock()
@@ -191,9 +192,11 @@ def stage_log(stage: dict) -> Path:
     return Path(stage['output']).parent/'logs'/(stage['stage'].replace(' ', '_') + '.log')
 
 PAPERMILL_DEAD_KERNEL = 138   # papermill's exit status when its kernel died
+
 FATAL_SIGNALS = {'Aborted': 'SIGABRT', 'Segmentation fault': 'SIGSEGV', 'Bus error': 'SIGBUS',
                  'Floating point exception': 'SIGFPE', 'Illegal instruction': 'SIGILL'}   # faulthandler's words
 
+# %% ../nbs/14_sweep.ipynb #c009p1
 def stage_failure(log: Path, code: int | None) -> str:
     "Why a stage failed: papermill's exit, and from its log the signal that killed the kernel (faulthandler's line) or a stall."
     text = log.read_text(errors='replace')[-50_000:] if log.exists() else ''
@@ -247,6 +250,7 @@ def run_point(point: dict, grid: dict, sweep_dir: Path, threads: int | None = No
         if why := run_stage(s, threads, running): failed.append(f"{s['stage']} ({'stopped' if running.stopping else why})")
     return failed
 
+# %% ../nbs/14_sweep.ipynb #c010p1
 def run_sweep(grid, runs_dir=None, parallel: int = 1, only=None, progress: bool = True) -> dict:
     "Run every point of `grid` (skipping finished stages), `parallel` points at a time; returns {point: failed stages}."
     from tqdm.auto import tqdm

@@ -13,8 +13,6 @@ The BatchNorm layers are in training mode throughout; the chapter checks eval mo
 """
 import datetime
 import json
-import os
-import subprocess
 import sys
 from functools import partial
 
@@ -28,9 +26,8 @@ from avss.chunked import chunked_backward, unchunked_backward
 from avss.losses import nce_loss
 from avss.models import AVModel
 from avss.sync_bn import convert_sync_batchnorm
-from avss.testing import free_port
 
-from test_pretrain import BIN, _losses, _pretrain_process, _small
+from test_pretrain import _losses, _one_process_then_torchrun
 
 WORLD, SEED = 2, 0
 eq1 = partial(nce_loss, check_finite=False)      # float64 embeddings stay float64
@@ -165,13 +162,7 @@ def test_torchrun_two_ranks_in_chunks_follow_one_process(small_catalog, tmp_path
     runs = tmp_path/'runs'
     params = dict(max_steps=2, chunk=2, sync_bn=False, deterministic=True, num_workers=0, lr=1e-4, checkpoint_every=1,
                   heldout=0.0)
-    one = _pretrain_process(_small(small_catalog, runs, 'one', **params))
-    assert one.wait(timeout=600) == 0, one.stderr.read()[-3000:]
-    args = sum((['-p', k, json.dumps(v)] for k, v in _small(small_catalog, runs, 'two', **params).items()), [])
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    r = subprocess.run([str(BIN/'torchrun'), '--nproc_per_node', '2', '--master_port', str(free_port()),
-                        '-m', 'avss.train', *args], capture_output=True, text=True, env=env, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = _one_process_then_torchrun(small_catalog, runs, params)
     assert '4 clips a rank in chunks of 2' in r.stdout, r.stdout[-2000:]
     l1, l2 = _losses(runs/'one'), _losses(runs/'two')
     assert sorted(l1) == sorted(l2) == [1, 2]

@@ -156,10 +156,8 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(catalog, tmp_path):
     assert sorted(_losses(runs/'killed')) == list(range(1, 9))       # one line per step, none doubled by the resume
 
 
-def test_torchrun_two_ranks_follow_one_process(catalog, tmp_path):
-    runs = tmp_path/'runs'
-    lr = 1e-4
-    params = dict(max_steps=3, sync_bn=True, deterministic=True, num_workers=0, lr=lr)
+def _one_process_then_torchrun(catalog, runs, params: dict) -> subprocess.CompletedProcess:
+    "The run `params` in one process (runs/one), then under torchrun on two ranks of one thread each (runs/two)."
     one = _pretrain_process(_small(catalog, runs, 'one', **params))
     assert one.wait(timeout=600) == 0, one.stderr.read()[-3000:]
     args = sum((['-p', k, json.dumps(v)] for k, v in _small(catalog, runs, 'two', **params).items()), [])
@@ -167,6 +165,14 @@ def test_torchrun_two_ranks_follow_one_process(catalog, tmp_path):
     r = subprocess.run([str(BIN/'torchrun'), '--nproc_per_node', '2', '--master_port', str(free_port()),
                         '-m', 'avss.train', *args], capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_torchrun_two_ranks_follow_one_process(catalog, tmp_path):
+    runs = tmp_path/'runs'
+    lr = 1e-4
+    params = dict(max_steps=3, sync_bn=True, deterministic=True, num_workers=0, lr=lr)
+    _one_process_then_torchrun(catalog, runs, params)
     l1, l2 = _losses(runs/'one'), _losses(runs/'two')
     assert sorted(l1) == sorted(l2) == [1, 2, 3]
     # Step 1 checks the forward pass and the loss over the gathered batch, step 2 the first update (the gradient
