@@ -13,7 +13,6 @@ The BatchNorm layers are in training mode throughout; the chapter checks eval mo
 """
 import datetime
 import json
-import sys
 from functools import partial
 
 import pytest
