@@ -371,12 +371,12 @@ def span(self: AudioReader, a: int, b: int, start: float = 0.0) -> np.ndarray:
     sr, tb, out = self.rate, self.stream.time_base, np.zeros(b - a, np.float32)
     seek_s = a / sr - 0.25                             # early enough for the codec's pre-roll after a seek
     try:
-        if seek_s > 0: self.container.seek(int((seek_s + self.origin) / tb), stream=self.stream, backward=True)
-        elif not self.fresh:                           # from the start: decode in order, no seek, no pre-roll
+        if not self.fresh:                             # a used decoder gives other first frames after a seek
             self.close()
             self.container = _open(self.path)
             self.stream = self.container.streams.audio[0]
-        self.fresh, pos = False, None
+        if seek_s > 0: self.container.seek(int((seek_s + self.origin) / tb), stream=self.stream, backward=True)
+        self.fresh, pos = False, None                  # from the start: decode in order, no seek, no pre-roll
         for frame in self.container.decode(self.stream):
             x = _samples(frame).mean(0)
             if pos is None:                            # place the first frame by its time, then contiguously
