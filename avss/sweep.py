@@ -266,6 +266,7 @@ def run_sweep(grid, runs_dir=None, parallel: int = 1, only=None, progress: bool 
         futures = {pool.submit(run_point, p, grid, sweep_dir, threads, running): p for p in points}
         for fut in futures:
             failed = fut.result()
+            if failed and running.stopping: continue       # stopped or never started: neither done nor failed
             if failed: failures[futures[fut]['name']] = failed
             bar.update(1); bar.set_postfix(failed=len(failures))
     if running.stopping:

@@ -1,6 +1,7 @@
 """The sweep runner end to end (two tiny points, their measurements, the report) and its resume."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -129,12 +130,12 @@ def _losses(run_dir) -> dict:
 
 @pytest.mark.skipif(not Path('/proc/self/stat').exists(), reason='finds the stage processes in /proc')
 def test_sigterm_stops_a_sweep_with_checkpoints_and_the_resumed_sweep_ends_as_an_uninterrupted_one(small_catalog, tmp_path):
-    grid = dict(name='stop', discrepancy=False, points=[dict(k=4)],
+    grid = dict(name='stop', discrepancy=False, points=[dict(k=4), dict(k=1)],     # k1 waits for k4 (one at a time)
                 base=dict(data=str(small_catalog), preset='tiny', batch_size=8, max_steps=10, lr=2e-3, warmup_steps=2,
                           log_every=1, checkpoint_every=100, num_workers=1, heldout=0.3, eval_snippets=4,
                           deterministic=True))
     (tmp_path/'stop.yaml').write_text(yaml.safe_dump(grid))
-    assert run_sweep(grid, tmp_path/'whole', progress=False) == {}
+    assert run_sweep(grid, tmp_path/'whole', only=['k4'], progress=False) == {}
     driver = subprocess.Popen([sys.executable, '-m', 'avss.sweep', str(tmp_path/'stop.yaml'), '--runs-dir', str(tmp_path/'runs')],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run = tmp_path/'runs'/'stop'/'k4'
@@ -147,7 +148,8 @@ def test_sigterm_stops_a_sweep_with_checkpoints_and_the_resumed_sweep_ends_as_an
     driver.send_signal(signal.SIGTERM)
     out, _ = driver.communicate(timeout=300)
     assert driver.returncode == STOPPED_EXIT, out[-3000:]
-    assert '1 of 1 points unfinished (k4)' in out and 'run the same command again' in out, out[-3000:]
+    assert '2 of 2 points unfinished (k4, k1)' in out and 'run the same command again' in out, out[-3000:]
+    assert re.findall(r'failed=(\d+)', out) == [], out[-3000:]   # neither the stopped point nor the queued one failed
     assert not [p for p in stages if _alive(p)]              # no stage left training on its own
     log = (run/'logs'/'pretrain.log').read_text()
     assert 'stopped on SIGTERM at step' in log, log[-3000:]                # the run's own stop, a checkpoint written
