@@ -222,14 +222,17 @@ def _split_k(s: pd.DataFrame):
 def _fraction_panel(ax, s: pd.DataFrame):
     "Rate of learning seeds by titles in a batch, one point per (k, batch, conv form) with its 95% Wilson interval."
     shift, marker = {'3d': 1.08}, {'2d': 'o', '3d': 's', '-': 'D'}
+    placed = {}                                       # labels that land on one spot are stacked, not drawn over each other
     for (b, conv), g in s[s['w'] == 'all'].groupby(['batch_size', 'conv']):
         x = g['titles_per_batch'] * shift.get(conv, 1.0)
         ax.errorbar(x, g['rate'], yerr=[g['rate'] - g['rate_lo'], g['rate_hi'] - g['rate']], fmt=marker.get(conv, 'o'),
                     ms=6, capsize=3, alpha=.8,
                     label=f'batch {b}' + ('' if conv == '-' else f', {conv} form'))
         for xi, (_, r) in zip(x, g.iterrows()):
-            ax.annotate(f"k={r['k']} ({r['learned']}/{r['runs']})", (xi, r['rate']), fontsize=7, xytext=(4, 4),
-                        textcoords='offset points')
+            spot = (round(float(np.log2(xi))), round(float(r['rate']), 1))
+            placed[spot] = placed.get(spot, -1) + 1
+            ax.annotate(f"k={r['k']} ({r['learned']}/{r['runs']})", (xi, r['rate']), fontsize=7,
+                        xytext=(4, 4 - 9 * placed[spot]), textcoords='offset points')
     ax.set_xscale('log', base=2); ax.set_ylim(-0.05, 1.05)
     ax.set_xticks(sorted(s['titles_per_batch'].unique()), [str(v) for v in sorted(s['titles_per_batch'].unique())])
     ax.set_xlabel('titles in a batch (batch size / k)'); ax.set_ylabel('fraction of seeds that learn (95% interval)')
