@@ -376,7 +376,8 @@ def span(self: AudioReader, a: int, b: int, start: float = 0.0) -> np.ndarray:
             self.container = _open(self.path)
             self.stream = self.container.streams.audio[0]
         if seek_s > 0: self.container.seek(int((seek_s + self.origin) / tb), stream=self.stream, backward=True)
-        self.fresh, pos = False, None                  # from the start: decode in order, no seek, no pre-roll
+        # else from the start: decode in order, no seek, no pre-roll
+        self.fresh, pos = False, None
         for frame in self.container.decode(self.stream):
             x = _samples(frame).mean(0)
             if pos is None:                            # place the first frame by its time, then contiguously

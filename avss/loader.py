@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .catalog import Catalog
 from .core import ParamError, repo_root
-from .datasets import SnippetDataset, substitute
+from .datasets import OPEN_TITLES, SnippetDataset, substitute
 from .distributed import Dist
 from .pretrain_config import PretrainConfig
 from .prepare import prepare
@@ -72,7 +72,7 @@ SMALL_CORPUS_TITLES = 64   # a training catalog up to this size stays open whole
 
 def open_titles(titles: int) -> int:
     "How many titles each data process keeps open: every title of a small corpus, else the 8 read last."
-    return titles if titles <= SMALL_CORPUS_TITLES else 8
+    return titles if titles <= SMALL_CORPUS_TITLES else OPEN_TITLES
 
 # %% ../nbs/09d_loader.ipynb #c021b
 def scene_table(cat, progress: bool = True) -> dict[int, list[float]]:
